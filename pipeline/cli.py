@@ -1,0 +1,52 @@
+"""The `edgestream` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from stages.detect import cli as detect_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgestream",
+        description="Real-time video analytics for edge servers: YOLO-NAS detection, "
+        "tracking, results to Redis.",
+    )
+    parser.add_argument(
+        "--log-level", default=os.environ.get("EDGESTREAM_LOG_LEVEL", "INFO"), help="log level"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    detect_cli.add_parsers(sub)
+    try:
+        from stages.track import cli as track_cli
+    except ImportError:  # the tracker lands in its own change
+        pass
+    else:
+        track_cli.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, OSError) as exc:
+        # Our errors (weights, sources, config) are ValueErrors with a message for people.
+        logging.getLogger("edgestream").debug("failed", exc_info=True)
+        print(f"edgestream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Images in, detections in source pixels out: letterbox → backend → inverse mapping.
+
+`Detector` is what the CLI and the pipeline's detect stage use; it knows nothing of files or
+sockets. It owns one uint8 batch slab of ``max_batch`` images that is reused for every call, so
+steady-state detection allocates no image-sized memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from stages.detect.classes import class_names_for
+from stages.detect.preprocess import letterbox_batch
+from stages.detect.types import Backend, Detections
+
+
+class Detector:
+    """Run a backend over RGB images of any size.
+
+    backend: any `Backend` (torch, onnxruntime, tensorrt). Its ``max_batch`` bounds how many
+        images go through one inference call; longer inputs are split into chunks.
+    """
+
+    def __init__(self, backend: Backend, class_names: Sequence[str] | None = None) -> None:
+        self.backend = backend
+        num_classes = backend.info.num_classes or 80
+        self.class_names = class_names_for(
+            num_classes, list(class_names or backend.info.class_names or [])
+        )
+        h, w = backend.info.input_hw
+        self._slab = np.empty((backend.max_batch, 3, h, w), np.uint8)
+
+    def detect(self, images_rgb: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect objects in RGB uint8 (H, W, 3) images; boxes come back in each image's pixels.
+
+        Decoded video frames must be converted to RGB before this call: feeding BGR costs the
+        reference model ~3.4 mAP on COCO.
+        """
+        out: list[Detections] = []
+        step = self.backend.max_batch
+        for start in range(0, len(images_rgb), step):
+            chunk = images_rgb[start : start + step]
+            batch, metas = letterbox_batch(
+                chunk, out=self._slab[: len(chunk)], input_hw=self.backend.info.input_hw
+            )
+            for det, meta in zip(self.backend.infer(batch), metas, strict=True):
+                out.append(Detections(meta.to_source(det.boxes), det.scores, det.class_ids))
+        return out
+
+    def close(self) -> None:
+        self.backend.close()

@@ -1,0 +1,98 @@
+"""Plain data passed between the detect stage's parts: one dataclass in, one out.
+
+Coordinates are always xyxy floats. `Detections` in *input* space (the 640x640 letterboxed
+tensor) come out of a backend; `Detections` in *source* space (the camera image) come out of
+`Detector.detect` after `LetterboxMeta.to_source` undoes the resize and padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NMSParams:
+    """Postprocessing knobs; the defaults are those of the reference ``predict()``.
+
+    conf: score threshold. Lower finds more small/occluded objects and more false positives.
+    iou: IoU above which a lower-scored box of the same class is suppressed. 0.7 keeps
+        crowded objects apart; lower merges neighbours more aggressively.
+    multi_label: one box may yield several (class, score) pairs; costs a little more NMS work.
+    top_k: candidates kept (by score) before NMS; bounds NMS cost on noisy frames.
+    max_det: detections returned per image after NMS.
+    """
+
+    conf: float = 0.25
+    iou: float = 0.7
+    multi_label: bool = True
+    top_k: int = 1024
+    max_det: int = 300
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image. ``boxes`` (N, 4) float32 xyxy, ``scores`` (N,) float32,
+    ``class_ids`` (N,) int64, ordered by decreasing score."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(
+            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
+        )
+
+
+@dataclass(frozen=True)
+class LetterboxMeta:
+    """How one source image was mapped into the model input (resize, then centre padding)."""
+
+    src_h: int
+    src_w: int
+    scale: float  # input px per source px
+    pad_top: int
+    pad_left: int
+
+    def to_source(self, boxes: np.ndarray) -> np.ndarray:
+        """Map xyxy boxes from model-input pixels back to source-image pixels.
+
+        Same float32 arithmetic as super-gradients 3.7.1: subtract the padding, then multiply
+        by float32(1 / scale) (not divide by scale; the two differ in the last bit). No
+        clipping to the image: the reference does not clip either.
+        """
+        out = boxes.astype(np.float32, copy=True).reshape(-1, 4)
+        out[:, [0, 2]] -= self.pad_left
+        out[:, [1, 3]] -= self.pad_top
+        out *= np.float32(1.0 / self.scale)
+        return out
+
+
+@dataclass
+class ModelInfo:
+    """What a weights file says about itself (all optional in the file)."""
+
+    arch: str | None = None
+    num_classes: int | None = None
+    class_names: list[str] = field(default_factory=list)
+    input_hw: tuple[int, int] = (640, 640)
+
+
+class Backend(Protocol):
+    """One inference engine. ``infer`` takes a uint8 RGB NCHW batch of letterboxed images
+    (B <= max_batch) and returns one `Detections` per image in model-input pixels."""
+
+    name: str
+    max_batch: int
+    info: ModelInfo
+
+    def infer(self, batch: np.ndarray) -> list[Detections]: ...
+
+    def close(self) -> None: ...
