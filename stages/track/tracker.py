@@ -1,0 +1,435 @@
+"""One camera's multi-object tracker: BYTE association with OC-SORT's observation-centric fixes.
+
+Per frame (`Tracker.update`):
+
+1. Predict every track one frame ahead (batched Kalman filter, `stages.track.kalman`).
+2. First pass: high-score detections against confirmed tracks, tracked *and* lost, by
+   score-fused IoU plus a velocity-direction consistency bonus (OC-SORT's OCM).
+3. Second pass (BYTE): low-score detections against the still-unmatched *tracked* tracks, by
+   plain IoU — occluded objects stay tracked on weak detections.
+4. Third pass: leftover high-score detections against tentative tracks; a tentative track that
+   reaches ``min_hits`` is confirmed and gets its id. Unmatched tentative tracks are dropped.
+5. Matched tracks that had been lost are first re-run along a straight virtual path from their
+   last observation (OC-SORT's ORU), then every match updates its filter.
+6. Leftover detections above ``new_track_score`` start tentative tracks; lost tracks older than
+   ``lost_track_seconds`` are removed — and dropped from memory.
+
+All state lives in flat numpy columns on the instance (one row per live track), so the work per
+frame is a fixed number of vectorised operations and memory is bounded by the live tracks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stages.track import kalman
+from stages.track.association import direction_consistency, match_by_iou
+from stages.track.config import TrackerConfig
+from stages.track.ids import IdAllocator
+from stages.track.types import TrackerOutput, TrackEvent, TrackEventKind, Tracks
+
+TENTATIVE, TRACKED, LOST = 0, 1, 2
+
+_EMPTY = np.zeros(0, dtype=np.intp)
+
+
+class Tracker:
+    """Tracks the detections of one camera. Not thread-safe; one instance per camera.
+
+    Args:
+        config: tracking parameters (`TrackerConfig`; defaults are the product defaults).
+        frame_rate_hz: the camera's real frame rate; converts ``lost_track_seconds`` to frames
+            and timestamps to frame steps for the motion model.
+        ids: where track ids come from; pass an `IdAllocator` with a state file to keep ids
+            unique across restarts. Default: a fresh in-memory allocator starting at 1.
+    """
+
+    def __init__(
+        self,
+        config: TrackerConfig | None = None,
+        frame_rate_hz: float = 30.0,
+        ids: IdAllocator | None = None,
+    ) -> None:
+        self.config = config or TrackerConfig()
+        self.frame_rate_hz = float(frame_rate_hz)
+        self.max_lost_frames = self.config.lost_track_frames(self.frame_rate_hz)
+        self._ids = ids or IdAllocator()
+        self._frame = -1
+        self._last_ts: float | None = None
+        d = self.config.direction_delta_frames
+        # One row per live track. Kalman state (current and right after the last observation).
+        self._mean = np.zeros((0, 2, 4))
+        self._cov = np.zeros((0, 3, 4))
+        self._obs_mean = np.zeros((0, 2, 4))
+        self._obs_cov = np.zeros((0, 3, 4))
+        self._last_obs = np.zeros((0, 4))  # xyah of the last matched detection
+        # Recent observed centres in a ring indexed by frame % d, for the direction of motion.
+        self._anchor_xy = np.zeros((0, d, 2))
+        self._anchor_frame = np.zeros((0, d), dtype=np.int64)
+        self._direction = np.zeros((0, 2))
+        self._has_direction = np.zeros(0, dtype=bool)
+        self._track_id = np.zeros(0, dtype=np.int64)  # 0 while tentative
+        self._state = np.zeros(0, dtype=np.int8)
+        self._class = np.zeros(0, dtype=np.int64)
+        self._hits = np.zeros(0, dtype=np.int64)
+        self._last_frame = np.zeros(0, dtype=np.int64)
+        self._first_ts = np.zeros(0)
+        self._last_ts_col = np.zeros(0)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def num_tracks(self) -> int:
+        """Live tracks held (tentative, tracked and lost)."""
+        return int(self._state.shape[0])
+
+    @property
+    def next_id(self) -> int:
+        return self._ids.next_id
+
+    def update(
+        self,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        class_ids: np.ndarray,
+        timestamp_s: float,
+    ) -> TrackerOutput:
+        """Advance the tracker by one frame.
+
+        Args:
+            boxes: (N, 4) xyxy detections in source-image pixels.
+            scores: (N,) detector confidences in [0, 1].
+            class_ids: (N,) integer class ids.
+            timestamp_s: capture time of the frame in seconds; gaps longer than one frame
+                period (dropped frames) advance the motion model by that many frames.
+        """
+        cfg = self.config
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        if not (boxes.shape[0] == scores.shape[0] == class_ids.shape[0]):
+            raise ValueError(
+                f"boxes, scores and class_ids disagree on N: "
+                f"{boxes.shape[0]}, {scores.shape[0]}, {class_ids.shape[0]}"
+            )
+        self._advance_clock(float(timestamp_s))
+        frame = self._frame
+
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep = np.flatnonzero((scores >= cfg.low_score) & (area >= cfg.min_box_area))
+        det_boxes, det_scores, det_class = boxes[keep], scores[keep], class_ids[keep]
+        high = det_scores >= cfg.high_score
+
+        track_boxes = kalman.xyah_to_xyxy(self._mean[:, 0])
+        state = self._state
+
+        # Pass 1: high-score detections vs confirmed (tracked + lost) tracks.
+        t1 = np.flatnonzero(state != TENTATIVE)
+        d1 = np.flatnonzero(high)
+        bonus = None
+        if cfg.direction_weight > 0 and t1.size and d1.size:
+            bonus = self._direction_bonus(t1, det_boxes[d1], det_scores[d1], frame)
+        r, c = match_by_iou(
+            track_boxes[t1],
+            det_boxes[d1],
+            cfg.match_iou,
+            det_scores=det_scores[d1],
+            same_class=self._class_mask(t1, det_class[d1]),
+            bonus=bonus,
+        )
+        m_track, m_det = [t1[r]], [d1[c]]
+        track_free = np.ones(self.num_tracks, dtype=bool)
+        track_free[t1[r]] = False
+        det_free = np.ones(det_boxes.shape[0], dtype=bool)
+        det_free[d1[c]] = False
+
+        # Pass 2 (BYTE): low-score detections vs tracks that were tracked last frame.
+        t2 = np.flatnonzero(track_free & (state == TRACKED))
+        d2 = np.flatnonzero(~high)
+        r, c = match_by_iou(
+            track_boxes[t2],
+            det_boxes[d2],
+            cfg.low_match_iou,
+            same_class=self._class_mask(t2, det_class[d2]),
+        )
+        m_track.append(t2[r])
+        m_det.append(d2[c])
+        track_free[t2[r]] = False
+        det_free[d2[c]] = False
+
+        # Pass 3: leftover high-score detections vs tentative tracks.
+        t3 = np.flatnonzero(state == TENTATIVE)
+        d3 = np.flatnonzero(det_free & high)
+        r, c = match_by_iou(
+            track_boxes[t3],
+            det_boxes[d3],
+            cfg.tentative_match_iou,
+            det_scores=det_scores[d3],
+            same_class=self._class_mask(t3, det_class[d3]),
+        )
+        m_track.append(t3[r])
+        m_det.append(d3[c])
+        track_free[t3[r]] = False
+        det_free[d3[c]] = False
+
+        tracks_idx = np.concatenate(m_track)
+        dets_idx = np.concatenate(m_det)
+        events: list[TrackEvent] = []
+        self._apply_matches(tracks_idx, det_boxes[dets_idx], det_class[dets_idx], frame, events)
+
+        out = self._output(tracks_idx, dets_idx, det_boxes, det_scores, det_class, keep)
+        self._retire(track_free, frame, events)
+        births = np.flatnonzero(det_free & (det_scores >= cfg.new_track_score))
+        self._birth(det_boxes[births], det_class[births], frame, events)
+        return TrackerOutput(out, events)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _advance_clock(self, timestamp_s: float) -> None:
+        steps = 1
+        if self._last_ts is not None:
+            steps = round((timestamp_s - self._last_ts) * self.frame_rate_hz)
+            steps = min(max(steps, 1), self.max_lost_frames + 1)
+        self._last_ts = timestamp_s
+        self._frame += steps
+        if self.num_tracks == 0:
+            return
+        cfg = self.config
+        lost = self._state == LOST
+        self._mean[lost, 1, 3] = 0.0  # a lost box keeps its size
+        for _ in range(steps):
+            self._mean, self._cov = kalman.predict(
+                self._mean, self._cov, cfg.position_noise, cfg.velocity_noise
+            )
+
+    def _class_mask(self, tracks: np.ndarray, det_class: np.ndarray) -> np.ndarray | None:
+        if not self.config.per_class:
+            return None
+        return self._class[tracks][:, None] == det_class[None, :]
+
+    def _anchor(self, tracks: np.ndarray, frame: int) -> np.ndarray:
+        """(n, 2) observed centre ~direction_delta_frames ago (else the last observation)."""
+        slot = frame % self.config.direction_delta_frames
+        anchor = self._anchor_xy[tracks, slot]
+        missing = self._anchor_frame[tracks, slot] < 0
+        if missing.any():
+            anchor[missing] = self._last_obs[tracks[missing], :2]
+        return anchor
+
+    def _direction_bonus(
+        self, tracks: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray, frame: int
+    ) -> np.ndarray:
+        det_xy = 0.5 * (det_boxes[:, :2] + det_boxes[:, 2:])
+        return direction_consistency(
+            self._direction[tracks],
+            self._has_direction[tracks],
+            self._anchor(tracks, frame),
+            det_xy,
+            det_scores,
+            self.config.direction_weight,
+        )
+
+    def _apply_matches(
+        self,
+        tracks: np.ndarray,
+        det_boxes: np.ndarray,
+        det_class: np.ndarray,
+        frame: int,
+        events: list[TrackEvent],
+    ) -> None:
+        if tracks.size == 0:
+            return
+        cfg = self.config
+        z = kalman.xyxy_to_xyah(det_boxes)
+        if cfg.observation_recovery:
+            self._re_update(tracks, z, frame)
+        self._mean[tracks], self._cov[tracks] = kalman.update(
+            self._mean[tracks], self._cov[tracks], z, cfg.position_noise
+        )
+        self._obs_mean[tracks] = self._mean[tracks]
+        self._obs_cov[tracks] = self._cov[tracks]
+        self._update_direction(tracks, z[:, :2], frame)
+        self._last_obs[tracks] = z
+        self._hits[tracks] += 1
+        self._last_frame[tracks] = frame
+        self._last_ts_col[tracks] = self._last_ts
+        if not cfg.per_class:
+            self._class[tracks] = det_class
+
+        state = self._state[tracks]
+        for row in tracks[state == LOST]:
+            self._state[row] = TRACKED
+            events.append(self._event(TrackEventKind.RECOVERED, row))
+        for row in tracks[(state == TENTATIVE) & (self._hits[tracks] >= cfg.min_hits)]:
+            self._confirm(row, events)
+
+    def _re_update(self, tracks: np.ndarray, z: np.ndarray, frame: int) -> None:
+        """OC-SORT's observation-centric re-update for tracks matched after a gap."""
+        gap = frame - self._last_frame[tracks]
+        sel = gap > 1
+        if not sel.any():
+            return
+        cfg = self.config
+        rows, gap, z1 = tracks[sel], gap[sel][:, None, None], z[sel]
+        z0 = self._last_obs[rows]
+        mean, cov = self._obs_mean[rows], self._obs_cov[rows]
+        for k in range(1, int(gap.max())):
+            active = k < gap
+            p_mean, p_cov = kalman.predict(mean, cov, cfg.position_noise, cfg.velocity_noise)
+            virtual = z0 + (z1 - z0) * (k / gap[:, 0])
+            u_mean, u_cov = kalman.update(p_mean, p_cov, virtual, cfg.position_noise)
+            mean = np.where(active, u_mean, mean)
+            cov = np.where(active, u_cov, cov)
+        self._mean[rows], self._cov[rows] = kalman.predict(
+            mean, cov, cfg.position_noise, cfg.velocity_noise
+        )
+
+    def _update_direction(self, tracks: np.ndarray, centre: np.ndarray, frame: int) -> None:
+        slot = frame % self.config.direction_delta_frames
+        previous = self._anchor(tracks, frame)
+        seen = self._hits[tracks] > 0
+        delta = centre - previous
+        norm = np.sqrt((delta * delta).sum(axis=1))
+        ok = seen & (norm > 1e-6)
+        self._direction[tracks[ok]] = delta[ok] / norm[ok, None]
+        self._has_direction[tracks[ok]] = True
+        self._anchor_xy[tracks, slot] = centre
+        self._anchor_frame[tracks, slot] = frame
+
+    def _output(
+        self,
+        tracks: np.ndarray,
+        dets: np.ndarray,
+        det_boxes: np.ndarray,
+        det_scores: np.ndarray,
+        det_class: np.ndarray,
+        keep: np.ndarray,
+    ) -> Tracks:
+        shown = self._state[tracks] == TRACKED
+        tracks, dets = tracks[shown], dets[shown]
+        if self.config.output_kalman_box:
+            boxes = kalman.xyah_to_xyxy(self._mean[tracks, 0])
+        else:
+            boxes = det_boxes[dets]
+        return Tracks(
+            boxes=boxes.astype(np.float32),
+            track_ids=self._track_id[tracks].copy(),
+            scores=det_scores[dets].astype(np.float32),
+            class_ids=det_class[dets].copy(),
+            detection_index=keep[dets].astype(np.int64),
+        )
+
+    def _retire(self, unmatched: np.ndarray, frame: int, events: list[TrackEvent]) -> None:
+        """Unmatched tracked -> lost; lost too long -> removed; unmatched tentative -> dropped."""
+        state = self._state
+        for row in np.flatnonzero(unmatched & (state == TRACKED)):
+            state[row] = LOST
+            events.append(self._event(TrackEventKind.LOST, row))
+        expired = (state == LOST) & (frame - self._last_frame > self.max_lost_frames)
+        for row in np.flatnonzero(expired):
+            events.append(self._event(TrackEventKind.REMOVED, row))
+        drop = expired | (unmatched & (state == TENTATIVE))
+        if drop.any():
+            self._keep_rows(~drop)
+
+    def _birth(
+        self, boxes: np.ndarray, class_ids: np.ndarray, frame: int, events: list[TrackEvent]
+    ) -> None:
+        n = boxes.shape[0]
+        if n == 0:
+            return
+        cfg = self.config
+        z = kalman.xyxy_to_xyah(boxes)
+        mean, cov = kalman.initiate(z, cfg.position_noise, cfg.velocity_noise)
+        d = cfg.direction_delta_frames
+        anchor_xy = np.zeros((n, d, 2))
+        anchor_frame = np.full((n, d), -1, dtype=np.int64)
+        anchor_xy[:, frame % d] = z[:, :2]
+        anchor_frame[:, frame % d] = frame
+        start = self.num_tracks
+        self._append(
+            mean=mean,
+            cov=cov,
+            last_obs=z,
+            anchor_xy=anchor_xy,
+            anchor_frame=anchor_frame,
+            class_ids=class_ids,
+            frame=frame,
+        )
+        if cfg.min_hits <= 1:
+            for row in range(start, start + n):
+                self._confirm(row, events)
+
+    def _confirm(self, row: int, events: list[TrackEvent]) -> None:
+        self._state[row] = TRACKED
+        self._track_id[row] = self._ids.allocate()
+        events.append(self._event(TrackEventKind.NEW, row))
+
+    def _event(self, kind: TrackEventKind, row: int) -> TrackEvent:
+        return TrackEvent(
+            kind=kind,
+            track_id=int(self._track_id[row]),
+            class_id=int(self._class[row]),
+            timestamp_s=float(self._last_ts or 0.0),
+            first_seen_s=float(self._first_ts[row]),
+            last_seen_s=float(self._last_ts_col[row]),
+        )
+
+    # ------------------------------------------------------------ track table
+
+    _COLUMNS = (
+        "_mean",
+        "_cov",
+        "_obs_mean",
+        "_obs_cov",
+        "_last_obs",
+        "_anchor_xy",
+        "_anchor_frame",
+        "_direction",
+        "_has_direction",
+        "_track_id",
+        "_state",
+        "_class",
+        "_hits",
+        "_last_frame",
+        "_first_ts",
+        "_last_ts_col",
+    )
+
+    def _keep_rows(self, keep: np.ndarray) -> None:
+        for name in self._COLUMNS:
+            setattr(self, name, getattr(self, name)[keep])
+
+    def _append(
+        self,
+        *,
+        mean: np.ndarray,
+        cov: np.ndarray,
+        last_obs: np.ndarray,
+        anchor_xy: np.ndarray,
+        anchor_frame: np.ndarray,
+        class_ids: np.ndarray,
+        frame: int,
+    ) -> None:
+        n = mean.shape[0]
+        ts = float(self._last_ts or 0.0)
+        new = {
+            "_mean": mean,
+            "_cov": cov,
+            "_obs_mean": mean,
+            "_obs_cov": cov,
+            "_last_obs": last_obs,
+            "_anchor_xy": anchor_xy,
+            "_anchor_frame": anchor_frame,
+            "_direction": np.zeros((n, 2)),
+            "_has_direction": np.zeros(n, dtype=bool),
+            "_track_id": np.zeros(n, dtype=np.int64),
+            "_state": np.full(n, TENTATIVE, dtype=np.int8),
+            "_class": class_ids,
+            "_hits": np.ones(n, dtype=np.int64),
+            "_last_frame": np.full(n, frame, dtype=np.int64),
+            "_first_ts": np.full(n, ts),
+            "_last_ts_col": np.full(n, ts),
+        }
+        for name in self._COLUMNS:
+            setattr(self, name, np.concatenate([getattr(self, name), new[name]]))
