@@ -1,0 +1,301 @@
+"""ONNX Runtime backend: runs an edgestream export (`stages.detect.export.export_onnx`).
+
+It adapts to what the file says about itself, so one class serves every export form:
+
+* input ``uint8`` -> the batch goes in as is (the graph divides by 255); ``float``/``float16``
+  -> converted here with `stages.detect.preprocess.to_float` (bit-identical to the reference);
+* a fixed batch dimension -> the batch is split into chunks of that size and the last chunk
+  padded with zeros (their results are dropped); a dynamic one -> one run per call;
+* outputs ``boxes``/``scores`` (``nms="none"``) -> our torch `postprocess` on zero-copy
+  ``torch.from_numpy`` views, so ``nms_params`` apply at run time; outputs ``num_dets``,
+  ``det_boxes``, ``det_scores``, ``det_classes`` (``nms="onnx"``) -> sliced per image. Those
+  thresholds were fixed at export time: ``nms_params.conf`` can only raise the score
+  threshold here, and other differences are logged once.
+
+Anything else (not ONNX, a TensorRT-only export, a graph whose I/O is not an edgestream
+YOLO-NAS export) fails in the constructor with an `OnnxModelError` that says what was found.
+
+Providers: CUDA first when ONNX Runtime has it, else CPU. On CPU, batching gives nothing (see
+platform-facts); with the CUDA provider, inputs are still copied from host numpy each run — an
+IOBinding path would save that copy and is future work.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stages.detect.postprocess import postprocess
+from stages.detect.preprocess import to_float
+from stages.detect.types import Detections, ModelInfo, NMSParams
+
+log = logging.getLogger(__name__)
+
+RAW_OUTPUTS = ("boxes", "scores")
+NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
+_INPUT_TYPES = {"tensor(float)": "float", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
+
+
+class OnnxModelError(ValueError):
+    """The file is not an ONNX model this backend can run (the message says why)."""
+
+
+def default_providers() -> list[str]:
+    """CUDA then CPU when this onnxruntime build has CUDA; CPU otherwise."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+
+
+def output_layout(output_names: Sequence[str]) -> str:
+    """ "raw" (``nms="none"``) or "nms" (``nms="onnx"``) from the graph's output names."""
+    names = set(output_names)
+    if names == set(RAW_OUTPUTS):
+        return "raw"
+    if names == set(NMS_OUTPUTS):
+        return "nms"
+    raise OnnxModelError(
+        f"unrecognised outputs {sorted(names)}: an edgestream YOLO-NAS export has "
+        f"{list(RAW_OUTPUTS)} (nms='none') or {list(NMS_OUTPUTS)} (nms='onnx')"
+    )
+
+
+def _explain_load_failure(path: Path, err: Exception) -> str:
+    """Turn ONNX Runtime's load error into one that names the problem."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return (
+            f"{path} is not an ONNX model (it does not parse as an ONNX protobuf); "
+            "export one with `edgestream export`"
+        )
+    ops = {n.op_type for n in proto.graph.node}
+    if "EfficientNMS_TRT" in ops:
+        return (
+            f"{path} ends in the TensorRT EfficientNMS_TRT plugin (an nms='tensorrt' export), "
+            "which ONNX Runtime cannot run: build a TensorRT engine from it, or export with "
+            "nms='none' or nms='onnx' for this backend"
+        )
+    return f"ONNX Runtime cannot load {path}: {err}"
+
+
+class OnnxRuntimeBackend:
+    """Run an edgestream ONNX export with ONNX Runtime.
+
+    providers: execution providers in priority order; None picks `default_providers`.
+    intra_op_threads: threads per operator (0: ONNX Runtime's default, one per core). Set it
+        when several processes share the CPU, or they oversubscribe it.
+    max_batch: the largest batch `infer` accepts (a fixed-batch graph is run in chunks).
+    nms_params: used as is for raw exports; for in-graph NMS see the module docstring.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+        max_batch: int = 8,
+        nms_params: NMSParams = NMSParams(),  # noqa: B008 - frozen dataclass
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise OnnxModelError(f"ONNX file not found: {self.path}")
+        if max_batch < 1:
+            raise OnnxModelError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.nms_params = nms_params
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
+        try:
+            self._session: Any = ort.InferenceSession(
+                str(self.path), options, providers=list(providers or default_providers())
+            )
+        except Exception as err:  # ORT raises its own exception types per failure kind
+            raise OnnxModelError(_explain_load_failure(self.path, err)) from err
+
+        self._setup_io()
+        self._metadata: dict[str, str] = dict(
+            self._session.get_modelmeta().custom_metadata_map or {}
+        )
+        self.info = self._model_info()
+        self._graph_nms: NMSParams | None = None  # thresholds baked into an nms="onnx" graph
+        self._check_nms_params()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _setup_io(self) -> None:
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise OnnxModelError(
+                f"{self.path} has {len(inputs)} inputs {[i.name for i in inputs]}; "
+                "a YOLO-NAS export has one (images)"
+            )
+        inp = inputs[0]
+        self.input_name: str = inp.name
+        if inp.type not in _INPUT_TYPES:
+            raise OnnxModelError(
+                f"{self.path}: input {inp.name} is {inp.type}; expected float, float16 or uint8"
+            )
+        self.input_dtype = _INPUT_TYPES[inp.type]
+        shape = list(inp.shape)
+        if len(shape) != 4 or shape[1] != 3:
+            raise OnnxModelError(
+                f"{self.path}: input {inp.name} has shape {shape}; expected (B, 3, H, W)"
+            )
+        if not isinstance(shape[2], int) or not isinstance(shape[3], int):
+            raise OnnxModelError(f"{self.path}: input H/W must be fixed, got {shape[2:]}")
+        self.input_hw: tuple[int, int] = (shape[2], shape[3])
+        self.fixed_batch: int | None = shape[0] if isinstance(shape[0], int) else None
+
+        self.output_names: list[str] = [o.name for o in self._session.get_outputs()]
+        self.layout = output_layout(self.output_names)
+        if self.layout == "raw":
+            by_name = {o.name: o for o in self._session.get_outputs()}
+            b_shape, s_shape = by_name["boxes"].shape, by_name["scores"].shape
+            if len(b_shape) != 3 or b_shape[-1] != 4 or len(s_shape) != 3:
+                raise OnnxModelError(
+                    f"{self.path}: boxes {b_shape} / scores {s_shape}; expected (B, N, 4) and "
+                    "(B, N, C)"
+                )
+            self._num_classes_from_graph = s_shape[-1] if isinstance(s_shape[-1], int) else None
+        else:
+            self._num_classes_from_graph = None
+
+    def _model_info(self) -> ModelInfo:
+        meta = self._metadata
+        names: list[str] = []
+        if meta.get("class_names"):
+            try:
+                names = [str(n) for n in json.loads(meta["class_names"])]
+            except (json.JSONDecodeError, TypeError):
+                names = meta["class_names"].split(",")
+        num_classes = self._num_classes_from_graph
+        if meta.get("num_classes", "").isdigit():
+            num_classes = int(meta["num_classes"])
+        return ModelInfo(
+            arch=meta.get("arch") or None,
+            num_classes=num_classes or (len(names) or None),
+            class_names=names,
+            input_hw=self.input_hw,
+        )
+
+    def _check_nms_params(self) -> None:
+        if self.layout != "nms":
+            return
+        try:
+            self._graph_nms = NMSParams(**json.loads(self._metadata["nms_params"]))
+        except (KeyError, TypeError, json.JSONDecodeError):
+            log.warning("%s: in-graph NMS, thresholds unknown (no nms_params metadata)", self.path)
+            return
+        g, p = self._graph_nms, self.nms_params
+        if (g.iou, g.multi_label, g.top_k, g.max_det) != (p.iou, p.multi_label, p.top_k, p.max_det):
+            log.warning(
+                "%s: NMS is inside the graph with %s; only conf can be raised at run time, "
+                "asked for %s",
+                self.path,
+                g,
+                p,
+            )
+        if p.conf < g.conf:
+            log.warning(
+                "%s: conf=%s is below the graph's %s: detections under %s are already gone",
+                self.path,
+                p.conf,
+                g.conf,
+                g.conf,
+            )
+
+    # ------------------------------------------------------------------ inference
+
+    def infer(self, batch: np.ndarray) -> list[Detections]:
+        """Detections per image, in model-input pixels, for a uint8 (B, 3, H, W) RGB batch."""
+        h, w = self.input_hw
+        if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4:
+            raise ValueError(
+                f"expected a uint8 (B, 3, {h}, {w}) numpy batch, got {type(batch).__name__} "
+                f"{getattr(batch, 'dtype', '')} {getattr(batch, 'shape', '')}"
+            )
+        if tuple(batch.shape[1:]) != (3, h, w):
+            raise ValueError(f"expected (B, 3, {h}, {w}) images, got {batch.shape}")
+        b = int(batch.shape[0])
+        if not 1 <= b <= self.max_batch:
+            raise ValueError(f"batch of {b} images; this backend takes 1..{self.max_batch}")
+        step = self.fixed_batch or b
+        out: list[Detections] = []
+        for start in range(0, b, step):
+            chunk = batch[start : start + step]
+            n = chunk.shape[0]
+            if n < step:  # a fixed-batch graph: pad with black images, drop their results
+                pad = np.zeros((step - n, *chunk.shape[1:]), np.uint8)
+                chunk = np.concatenate([chunk, pad])
+            out.extend(self._run(chunk)[:n])
+        return out
+
+    def _run(self, chunk: np.ndarray) -> list[Detections]:
+        x: np.ndarray
+        if self.input_dtype == "uint8":
+            x = np.ascontiguousarray(chunk)
+        elif self.input_dtype == "float16":
+            x = to_float(chunk).astype(np.float16)
+        else:
+            x = to_float(chunk)
+        outputs = dict(
+            zip(self.output_names, self._session.run(None, {self.input_name: x}), strict=True)
+        )
+        if self.layout == "raw":
+            boxes = torch.from_numpy(outputs["boxes"]).float()  # no copy when already float32
+            scores = torch.from_numpy(outputs["scores"]).float()
+            return postprocess(boxes, scores, self.nms_params)
+        return self._slice_nms(outputs)
+
+    def _slice_nms(self, outputs: dict[str, np.ndarray]) -> list[Detections]:
+        num = outputs["num_dets"].reshape(-1)
+        boxes, scores, classes = (
+            outputs["det_boxes"],
+            outputs["det_scores"],
+            outputs["det_classes"],
+        )
+        graph_conf = self._graph_nms.conf if self._graph_nms else None
+        dets = []
+        for i in range(num.shape[0]):
+            n = int(num[i])
+            s = scores[i, :n].astype(np.float32)
+            if graph_conf is not None and self.nms_params.conf > graph_conf:
+                keep = s > self.nms_params.conf  # raise the threshold (reference: strict >)
+            else:
+                keep = np.ones(n, dtype=bool)
+            dets.append(
+                Detections(
+                    boxes=boxes[i, :n][keep].astype(np.float32),
+                    scores=s[keep],
+                    class_ids=classes[i, :n][keep].astype(np.int64),
+                )
+            )
+        return dets
+
+    def close(self) -> None:
+        """Release the session (idempotent)."""
+        self._session = None
+
+    def __enter__(self) -> OnnxRuntimeBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
