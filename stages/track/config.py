@@ -61,7 +61,7 @@ class TrackerConfig:
     observation_recovery: bool = True
     """When a lost track is matched again, re-run its Kalman filter along a straight virtual path
     from its last observation to the new one (OC-SORT's ORU) instead of keeping the velocity that
-    drifted while it was lost. Cuts id switches after occlusions; costs a little on recovery only."""
+    drifted while it was lost. Cuts id switches after occlusions; costs time on recovery only."""
 
     min_box_area: float = 10.0
     """Detections smaller than this (pixels², source image) are ignored: tiny boxes are mostly

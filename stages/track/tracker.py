@@ -177,10 +177,14 @@ class Tracker:
         events: list[TrackEvent] = []
         self._apply_matches(tracks_idx, det_boxes[dets_idx], det_class[dets_idx], frame, events)
 
-        out = self._output(tracks_idx, dets_idx, det_boxes, det_scores, det_class, keep)
-        self._retire(track_free, frame, events)
+        kept = self._retire(track_free, frame, events)
+        if kept is not None:  # rows were dropped (never matched ones): renumber the matches
+            tracks_idx = (np.cumsum(kept) - 1)[tracks_idx]
         births = np.flatnonzero(det_free & (det_scores >= cfg.new_track_score))
-        self._birth(det_boxes[births], det_class[births], frame, events)
+        born = self._birth(det_boxes[births], det_class[births], frame, events)
+        tracks_idx = np.concatenate([tracks_idx, born])
+        dets_idx = np.concatenate([dets_idx, births])
+        out = self._output(tracks_idx, dets_idx, det_boxes, det_scores, det_class, keep)
         return TrackerOutput(out, events)
 
     # ----------------------------------------------------------------- helpers
@@ -257,10 +261,10 @@ class Tracker:
             self._class[tracks] = det_class
 
         state = self._state[tracks]
-        for row in tracks[state == LOST]:
+        for row in tracks[state == LOST].tolist():
             self._state[row] = TRACKED
             events.append(self._event(TrackEventKind.RECOVERED, row))
-        for row in tracks[(state == TENTATIVE) & (self._hits[tracks] >= cfg.min_hits)]:
+        for row in tracks[(state == TENTATIVE) & (self._hits[tracks] >= cfg.min_hits)].tolist():
             self._confirm(row, events)
 
     def _re_update(self, tracks: np.ndarray, z: np.ndarray, frame: int) -> None:
@@ -319,25 +323,33 @@ class Tracker:
             detection_index=keep[dets].astype(np.int64),
         )
 
-    def _retire(self, unmatched: np.ndarray, frame: int, events: list[TrackEvent]) -> None:
-        """Unmatched tracked -> lost; lost too long -> removed; unmatched tentative -> dropped."""
+    def _retire(
+        self, unmatched: np.ndarray, frame: int, events: list[TrackEvent]
+    ) -> np.ndarray | None:
+        """Unmatched tracked -> lost; lost too long -> removed; unmatched tentative -> dropped.
+
+        Returns the mask of rows kept, or None when no row was dropped."""
         state = self._state
-        for row in np.flatnonzero(unmatched & (state == TRACKED)):
+        for row in np.flatnonzero(unmatched & (state == TRACKED)).tolist():
             state[row] = LOST
             events.append(self._event(TrackEventKind.LOST, row))
         expired = (state == LOST) & (frame - self._last_frame > self.max_lost_frames)
-        for row in np.flatnonzero(expired):
+        for row in np.flatnonzero(expired).tolist():
             events.append(self._event(TrackEventKind.REMOVED, row))
         drop = expired | (unmatched & (state == TENTATIVE))
-        if drop.any():
-            self._keep_rows(~drop)
+        if not drop.any():
+            return None
+        kept = ~drop
+        self._keep_rows(kept)
+        return kept
 
     def _birth(
         self, boxes: np.ndarray, class_ids: np.ndarray, frame: int, events: list[TrackEvent]
-    ) -> None:
+    ) -> np.ndarray:
+        """Start tentative tracks (confirmed at once if min_hits is 1); returns their rows."""
         n = boxes.shape[0]
         if n == 0:
-            return
+            return _EMPTY
         cfg = self.config
         z = kalman.xyxy_to_xyah(boxes)
         mean, cov = kalman.initiate(z, cfg.position_noise, cfg.velocity_noise)
@@ -359,6 +371,7 @@ class Tracker:
         if cfg.min_hits <= 1:
             for row in range(start, start + n):
                 self._confirm(row, events)
+        return np.arange(start, start + n)
 
     def _confirm(self, row: int, events: list[TrackEvent]) -> None:
         self._state[row] = TRACKED

@@ -1,0 +1,71 @@
+"""``edgestream track`` and ``edgestream eval-tracker``; also ``python -m stages.track.cli``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _track(args: argparse.Namespace) -> int:
+    from stages.track.run_mot import track_to_file
+
+    run = track_to_file(args.seq_dir, args.output)
+    ms = 1000.0 * run.update_seconds / max(run.frames, 1)
+    print(f"{args.seq_dir}: {run.frames} frames, {ms:.3f} ms/frame -> {args.output}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from stages.track.evaluate import evaluate, report
+
+    ev = evaluate(Path(args.data), include_peers=args.peers)
+    print(report(ev, per_sequence=args.per_sequence))
+    return 0
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``track`` and ``eval-tracker`` on an argparse sub-parsers object."""
+    from stages.track.evaluate import DEFAULT_DATA
+
+    p = subparsers.add_parser(
+        "track",
+        help="track a MOTChallenge sequence's public detections, write MOTChallenge results",
+        description="Run edgestream's tracker (product defaults) over SEQ_DIR (seqinfo.ini and "
+        "det/det.txt) and write frame,id,x,y,w,h,score,-1,-1,-1 lines.",
+    )
+    p.add_argument("seq_dir", type=Path, metavar="SEQ_DIR")
+    p.add_argument("--output", "-o", type=Path, required=True, metavar="RESULT.txt")
+    p.set_defaults(func=_track)
+
+    e = subparsers.add_parser(
+        "eval-tracker",
+        help="score the tracker (and peers) on MOT17 with TrackEval",
+        description="Track every sequence under --data with edgestream (and, with --peers, "
+        "the published Python trackers) and print HOTA, MOTA, IDF1, ID switches and ms/frame.",
+    )
+    e.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="folder of MOTChallenge sequences (default: ../shared/data/mot17 from the repo)",
+    )
+    e.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run supervision ByteTrack and roboflow trackers ByteTrack / OC-SORT",
+    )
+    e.add_argument("--per-sequence", action="store_true", help="print a table per sequence")
+    e.set_defaults(func=_eval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.track.cli")
+    add_parsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
