@@ -1,0 +1,125 @@
+"""The sink's outage buffer and its stream entry ids. Not thread-safe: the sink holds a lock.
+
+Entry ids are explicit and deterministic: ``<capture ms>-<frame_id>`` for detections and
+``<capture ms>-<n>`` (n = 0, 1, ... within the frame) for track events, fixed when a message
+is enqueued. Redis rejects an ``XADD`` whose id is not above the stream's last id, so a flush
+retried after a connection broke mid-pipeline cannot write an entry twice: the copy that
+already landed is rejected, and the sink confirms it by reading that id back (same
+``msg_id`` = duplicate, skipped). Consumers therefore never see duplicates, their read cursor
+stays valid across a Redis restart (ids are not the server's clock), and ``XRANGE`` by
+capture time works. The alternative, ``*`` ids plus a ``msg_id`` field, would push
+deduplication onto every consumer. The price: ids must increase per stream, so when capture
+time goes backwards the id is clamped to just above the previous one (``clamped_ids``); the
+message keeps its true ``capture_ts``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from stages.sinks.codec import Pending
+
+
+@dataclass(slots=True)
+class Item:
+    """One buffered stream entry."""
+
+    pending: Pending
+    key: str
+    ms: int
+    seq_hint: int
+    enqueued_s: float
+    entry_id: str = ""
+    nbytes: int = field(default=0)
+
+
+class EntryIds:
+    """Assigns strictly increasing ``ms-seq`` ids per stream key."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, int]] = {}
+        self.clamped = 0
+
+    def assign(self, item: Item) -> None:
+        ms, seq = item.ms, item.seq_hint
+        last = self._last.get(item.key)
+        if last is not None and (ms, seq) <= last:
+            ms, seq = last[0], last[1] + 1
+            self.clamped += 1
+        self._last[item.key] = (ms, seq)
+        item.entry_id = f"{ms}-{seq}"
+
+    def restart_above(self, key: str, last_id: tuple[int, int]) -> None:
+        """The server holds ids up to ``last_id`` for ``key``: assign above it from now on."""
+        self._last[key] = max(self._last.get(key, (0, 0)), last_id)
+
+
+def parse_id(entry_id: str | bytes) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class OutageBuffer:
+    """FIFO bounded by messages and bytes, counting queued plus in-flight entries.
+
+    When a new entry does not fit, the oldest *queued* entries are dropped (never the batch in
+    flight, whose fate is unknown until the flush returns); if nothing queued is left to drop,
+    the new entry is dropped instead. Either way the caller gets the dropped entries to count.
+    """
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.queue: deque[Item] = deque()
+        self.queued_bytes = 0
+        self.inflight_messages = 0
+        self.inflight_bytes = 0
+
+    @property
+    def messages(self) -> int:
+        return len(self.queue) + self.inflight_messages
+
+    @property
+    def nbytes(self) -> int:
+        return self.queued_bytes + self.inflight_bytes
+
+    def put(self, item: Item) -> list[Item]:
+        """Appends ``item``; returns what was dropped to make room (maybe ``[item]``)."""
+        dropped: list[Item] = []
+        while self.queue and (
+            self.messages + 1 > self.max_messages or self.nbytes + item.nbytes > self.max_bytes
+        ):
+            old = self.queue.popleft()
+            self.queued_bytes -= old.nbytes
+            dropped.append(old)
+        if self.messages + 1 > self.max_messages or self.nbytes + item.nbytes > self.max_bytes:
+            dropped.append(item)
+            return dropped
+        self.queue.append(item)
+        self.queued_bytes += item.nbytes
+        return dropped
+
+    def take(self, n: int) -> list[Item]:
+        """Moves up to ``n`` entries from the head into flight."""
+        batch = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
+        nbytes = sum(i.nbytes for i in batch)
+        self.queued_bytes -= nbytes
+        self.inflight_messages += len(batch)
+        self.inflight_bytes += nbytes
+        return batch
+
+    def done(self, batch: list[Item]) -> None:
+        """The flight of ``batch`` ended (written, duplicate or dropped)."""
+        self.inflight_messages -= len(batch)
+        self.inflight_bytes -= sum(i.nbytes for i in batch)
+
+    def requeue(self, batch: list[Item]) -> None:
+        """Puts in-flight entries back at the head, in their order, to be retried."""
+        self.done(batch)
+        self.queue.extendleft(reversed(batch))
+        self.queued_bytes += sum(i.nbytes for i in batch)
+
+    def oldest_enqueued_s(self) -> float | None:
+        return self.queue[0].enqueued_s if self.queue else None
