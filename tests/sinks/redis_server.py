@@ -58,7 +58,12 @@ class RedisServer:
             args += ["--appendonly", "no"]
         if self.tls:
             args += ["--port", "0", "--tls-port", str(self.port)]
-            args += ["--tls-cert-file", str(self.tls["cert"]), "--tls-key-file", str(self.tls["key"])]
+            args += [
+                "--tls-cert-file",
+                str(self.tls["cert"]),
+                "--tls-key-file",
+                str(self.tls["key"]),
+            ]
             args += ["--tls-ca-cert-file", str(self.tls["ca"]), "--tls-auth-clients", "optional"]
         else:
             args += ["--port", str(self.port)]
