@@ -297,3 +297,20 @@ def test_ort_cuda_provider_if_available(torch_dets) -> None:
     with OnnxRuntimeBackend(path, providers=["CUDAExecutionProvider"], max_batch=4) as backend:
         dets = backend.infer(np.ascontiguousarray(sample_batch(3)))
     assert_same_detections(dets, torch_dets, box_atol=1e-2, score_atol=1e-4)
+
+
+def test_detector_runs_on_either_backend(tmp_path: Path) -> None:
+    """The `Detector` front end (letterbox -> backend -> source pixels) works with both."""
+    from stages.detect.detector import Detector
+
+    model = TinyDetector()  # at 640: the letterbox follows the reference (resize to 636)
+    path = export_onnx(model, tmp_path / "t.onnx", dynamic_batch=True, input_hw=(640, 640))
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(240, 400), (500, 300)]]
+    by_torch = Detector(TorchBackend(model, max_batch=2, info=ModelInfo(input_hw=(640, 640))))
+    by_ort = Detector(OnnxRuntimeBackend(path, max_batch=2))
+    got, want = by_ort.detect(images), by_torch.detect(images)
+    assert sum(len(d) for d in want) > 0
+    assert_same_detections(got, want, box_atol=1e-3, score_atol=1e-6)
+    by_torch.close()
+    by_ort.close()

@@ -122,7 +122,9 @@ class TorchBackend:
         b = self._check(batch)
         with torch.inference_mode():
             if self._stream is None:
-                boxes, scores = self._forward(torch.from_numpy(np.ascontiguousarray(batch)))
+                # Zero copy, except for read-only arrays (torch.from_numpy warns on those).
+                x = np.ascontiguousarray(batch) if batch.flags.writeable else batch.copy()
+                boxes, scores = self._forward(torch.from_numpy(x))
                 return postprocess(boxes, scores, self.nms_params)
             assert self._pinned is not None
             staged = self._pinned[:b]
