@@ -4,8 +4,9 @@ A sink encodes a message when it receives it (so its exact size counts against t
 buffer and the caller pays the JSON cost once) but only knows ``publish_ts`` when it writes it,
 which may be seconds later after an outage. So `encode_frame` produces `Pending` messages whose
 body stops just before the publish-time fields, and `Pending.finalize` appends them: a few
-bytes of formatting per message instead of a second ``json.dumps``. The result is identical to
-``json.dumps(frame.to_json_dict(publish_ts))`` up to number formatting.
+bytes of formatting per message instead of a second encoding. Parsed, the result equals
+``frame.to_json_dict(publish_ts)`` (the readable reference) up to number formatting; a test
+holds the two together.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from stages.sinks.messages import (
     DETECTIONS_TYPE,
+    SCHEMA_VERSION,
     TRACK_EVENT_TYPE,
     FrameResult,
     event_json_dict,
@@ -54,17 +56,67 @@ class Pending:
         return b'%s,"publish_ts":%.6f}' % (self.prefix, publish_ts)
 
 
+_OBJECT = (
+    '{"track_id":%s,"class_id":%d,"class_name":%s,"score":%.4f,'
+    '"box":[%.2f,%.2f,%.2f,%.2f],"box_norm":[%.5f,%.5f,%.5f,%.5f]}'
+)
+_HEADER = (
+    '{"type":"detections","schema_version":"%s","msg_id":%s,"camera":%s,"frame_id":%d,'
+    '"capture_ts":%.6f,"width":%d,"height":%d,"objects":[%s],"latency_ms":{%s'
+)
+_json_strings: dict[str, str] = {}
+
+
+def _jstr(text: str) -> str:
+    """A JSON string literal, cached: class names, cameras and stage names repeat forever."""
+    out = _json_strings.get(text)
+    if out is None:
+        out = json.dumps(text, ensure_ascii=False)
+        if len(_json_strings) < 10_000:
+            _json_strings[text] = out
+    return out
+
+
+def _detections_prefix(frame: FrameResult) -> bytes:
+    """``frame.to_json_dict()`` up to the publish-time fields, by string formatting: 2-3x
+    faster than building the dict and ``json.dumps`` (the sink's main CPU cost at 20 objects
+    per frame). Valid JSON: every number was checked finite in ``FrameResult``."""
+    w, h = frame.width, frame.height
+    objects = ",".join(
+        [
+            _OBJECT
+            % (
+                "null" if o.track_id is None else str(int(o.track_id)),
+                o.class_id,
+                _jstr(o.class_name),
+                o.score,
+                *o.box,
+                o.box[0] / w,
+                o.box[1] / h,
+                o.box[2] / w,
+                o.box[3] / h,
+            )
+            for o in frame.objects
+        ]
+    )
+    ts = frame.capture_ts
+    latency = ",".join([f"{_jstr(k)}:{(v - ts) * 1e3:.2f}" for k, v in frame.stage_ts.items()])
+    camera = _jstr(frame.camera)
+    msg_id = _jstr(frame.msg_id)
+    head = _HEADER % (SCHEMA_VERSION, msg_id, camera, frame.frame_id, ts, w, h, objects, latency)
+    return (head + ("," if latency else "")).encode()
+
+
 def encode_frame(frame: FrameResult) -> list[Pending]:
     """The detections message of ``frame`` followed by one message per track event."""
-    doc = frame.to_json_dict(publish_ts=0.0)
-    del doc["publish_ts"]
-    del doc["latency_ms"]["publish"]
-    body = dumps(doc)
-    # body ends with '...,"latency_ms":{...}}': reopen the latency object for "publish".
-    prefix = body[:-2] + (b"," if frame.stage_ts else b"")
     out = [
         Pending(
-            DETECTIONS_TYPE, frame.camera, frame.frame_id, frame.msg_id, frame.capture_ts, prefix
+            DETECTIONS_TYPE,
+            frame.camera,
+            frame.frame_id,
+            frame.msg_id,
+            frame.capture_ts,
+            _detections_prefix(frame),
         )
     ]
     for event in frame.events:

@@ -77,7 +77,7 @@ class RedisSinkConfig:
     publish_channel: str | None = None
     latest_hash: str | None = None
 
-    flush_interval_ms: float = 20.0
+    flush_interval_ms: float = 10.0
     max_batch_messages: int = 500
     max_buffer_messages: int = 100_000
     max_buffer_bytes: int = 256 * 1024 * 1024
