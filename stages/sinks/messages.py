@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stages.track.types import TrackEvent
+from stages.track.types import TrackEvent, Tracks
 
 SCHEMA_VERSION = "1.0"
 """``major.minor`` of both documents. A minor bump only adds optional fields; a consumer
@@ -116,6 +116,14 @@ class TrackLifecycleEvent:
             _finite(name, getattr(self, name))
 
 
+def class_name(class_names: Sequence[str] | Mapping[int, str], class_id: int) -> str:
+    """The name of ``class_id``, or ``class_<id>`` when it has none (as the detector does)."""
+    try:
+        return str(class_names[class_id])
+    except (IndexError, KeyError):
+        return f"class_{class_id}"
+
+
 def track_events_from(
     events: Iterable[TrackEvent], class_names: Sequence[str] | Mapping[int, str]
 ) -> tuple[TrackLifecycleEvent, ...]:
@@ -124,19 +132,12 @@ def track_events_from(
     The tracker knows class ids only; ``class_names`` maps them (a list indexed by id, or a
     dict). An id without a name becomes ``class_<id>``, as the detector does.
     """
-
-    def name(cid: int) -> str:
-        try:
-            return str(class_names[cid])
-        except (IndexError, KeyError):
-            return f"class_{cid}"
-
     return tuple(
         TrackLifecycleEvent(
             kind=getattr(e.kind, "value", e.kind),
             track_id=int(e.track_id),
             class_id=int(e.class_id),
-            class_name=name(int(e.class_id)),
+            class_name=class_name(class_names, int(e.class_id)),
             event_ts=float(e.timestamp_s),
             first_seen_ts=float(e.first_seen_s),
             last_seen_ts=float(e.last_seen_s),
@@ -241,3 +242,20 @@ def event_json_dict(
         "last_seen_ts": round(event.last_seen_ts, 6),
         "publish_ts": round(publish_ts, 6),
     }
+
+
+def objects_from_tracks(
+    tracks: Tracks, class_names: Sequence[str] | Mapping[int, str]
+) -> tuple[TrackedObject, ...]:
+    """The tracker's column arrays (``stages.track.types.Tracks``) as `TrackedObject`s."""
+    columns = zip(
+        tracks.track_ids.tolist(),
+        tracks.class_ids.tolist(),
+        tracks.scores.tolist(),
+        tracks.boxes.tolist(),
+        strict=True,
+    )
+    return tuple(
+        TrackedObject(tid, cid, class_name(class_names, cid), score, tuple(box))
+        for tid, cid, score, box in columns
+    )

@@ -196,3 +196,32 @@ def test_passwords_from_env_and_file_and_redaction(
         read_password(RedisSinkConfig(password_file=tmp_path / "nope"))
     assert redact_url("rediss://user:hunter2@host:6380/0") == "rediss://user:***@host:6380/0"
     assert "hunter2" not in Redactor(("hunter2",))("auth hunter2 failed")
+
+
+def test_frame_result_from_a_real_tracker(validators: dict) -> None:
+    import numpy as np
+
+    from stages.sinks.messages import objects_from_tracks
+    from stages.track.config import TrackerConfig
+    from stages.track.tracker import Tracker
+
+    tracker = Tracker(TrackerConfig(), frame_rate_hz=30)
+    boxes = np.array([[10, 10, 50, 80], [100, 100, 150, 200]], np.float32)
+    events = []
+    for i in range(5):
+        out = tracker.update(boxes + i, np.array([0.9, 0.8], np.float32), np.array([0, 2]), T0 + i)
+        events += out.events
+    frame = FrameResult(
+        "cam1",
+        4,
+        T0 + 4,
+        640,
+        480,
+        objects_from_tracks(out.tracks, ["person", "bicycle", "car"]),
+        events=track_events_from(events, ["person", "bicycle", "car"]),
+    )
+    assert sorted((o.track_id, o.class_name) for o in frame.objects) == [(1, "person"), (2, "car")]
+    assert {(e.kind, e.track_id) for e in frame.events} == {("new", 1), ("new", 2)}
+    for pending in encode_frame(frame):
+        doc = json.loads(pending.finalize(T0 + 5))
+        validators[doc["type"]].validate(doc)

@@ -141,3 +141,27 @@ def test_stream_ahead_of_capture_clock_gets_later_ids(redis_server: RedisServer)
     frames = [d.get("frame_id") for _, d in _entries(admin, "edgestream:cam:detections")]
     assert frames == [None, 0, 1, 2, 3, 4]
     assert sink.stats()["reassigned_ids"] >= 1 and sink.stats()["duplicates"] == 0
+
+
+def test_flusher_survives_an_unexpected_error(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = RedisSink(RedisSinkConfig(url=redis_server.url, reconnect_backoff_min_s=0.05))
+    sink.setup()
+    calls = {"n": 0}
+    real_write = sink._write
+
+    def flaky(batch: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("surprise")
+        return real_write(batch)
+
+    monkeypatch.setattr(sink, "_write", flaky)
+    t0 = time.time() - 1
+    for i in range(5):
+        sink.process(make_frame("cam", i, t0 + i / 30))
+    assert sink.wait_idle(5)
+    sink.close()
+    assert calls["n"] >= 2 and sink.stats()["published"] == 5
+    assert redis_server.admin().xlen("edgestream:cam:detections") == 5

@@ -200,6 +200,11 @@ class RedisSink:
                 with self._cond:
                     self._buffer.requeue(batch)
                 failure = exc
+            except Exception as exc:  # a bug or an unexpected reply: keep the thread alive
+                log.debug("redis sink flush failed", exc_info=True)
+                with self._cond:
+                    self._buffer.requeue(batch)
+                failure = exc
             if failure is not None:
                 self._on_failure(failure)
                 self._sleep_backoff(backoff_s)
