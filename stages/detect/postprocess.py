@@ -1,0 +1,176 @@
+"""YOLO-NAS postprocessing: the same detections as super-gradients 3.7.1 ``predict()``.
+
+Per image, in this order (``PPYoloEPostPredictionCallback``):
+
+1. threshold: multi-label keeps every (anchor, class) with score ``> conf`` in anchor-major
+   order; single-label keeps each anchor's best class when its score is ``>= conf``
+   (yes, the two modes differ in strictness; we keep that).
+2. top-k: only when more than ``top_k`` candidates survive, keep the ``top_k`` best
+   (``torch.topk``, as the reference).
+3. class-aware NMS equivalent to ``torchvision.ops.batched_nms``, including its two code paths:
+   up to 4000 box coordinates on CPU (100000 on CUDA) it offsets each class's boxes by
+   ``class * (max_coordinate + 1)`` and runs one NMS on the shifted boxes; above that it runs
+   NMS per class on the original boxes. The two differ only in float rounding of the IoU, but
+   "exactly the reference" means the same path. IoU is computed with torchvision's float32
+   formula ``inter / (area_i + area_j - inter)`` and compared against the threshold as a double.
+4. keep the ``max_det`` best (the NMS output is sorted by decreasing score).
+
+torchvision is not a dependency (its wheels are tied to specific torch builds), so NMS is our
+own: the greedy loop is replaced by a vectorised fixed-point iteration over the (<= top_k)^2
+suppression matrix ("Cluster-NMS", Zheng et al. 2020). ``keep[i] = not any(keep[j] and
+S[j, i] for j < i)`` determines the greedy result uniquely, iterating it from "keep all" fixes
+one more position per pass, and it usually converges in a handful of passes, each a single
+tensor op, so it runs on the GPU with one host sync per pass instead of one per box.
+
+Everything stays on the tensors' device; only the final (<= max_det) rows are copied to host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stages.detect.types import Detections, NMSParams
+
+_VANILLA_NUMEL = {"cpu": 4000}
+"""torchvision 0.29 switches to per-class NMS above this many box coordinates (100k on GPUs)."""
+
+
+def _float32_threshold(threshold: float) -> float:
+    """The largest float32 t with ``x > t  <=>  x > threshold`` for every float32 x.
+
+    torchvision compares a float32 IoU with a double threshold; comparing in float32 against a
+    threshold that rounded *up* would drop boxes with IoU equal to that float32 value.
+    """
+    t = np.float32(threshold)
+    if float(t) > threshold:
+        t = np.nextafter(t, np.float32(-np.inf))
+    return float(t)
+
+
+def _greedy_keep(suppress: torch.Tensor) -> torch.Tensor:
+    """Greedy NMS result given ``suppress[j, i]`` (j < i, both in decreasing-score order)."""
+    n = suppress.shape[0]
+    keep = torch.ones(n, dtype=torch.bool, device=suppress.device)
+    for _ in range(n + 1):
+        new_keep = ~(suppress & keep[:, None]).any(dim=0)
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep
+
+
+def _pairwise_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, N) IoU in float32 with torchvision's operation order."""
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    areas = (x2 - x1) * (y2 - y1)
+    w = (torch.minimum(x2[:, None], x2[None, :]) - torch.maximum(x1[:, None], x1[None, :])).clamp(
+        min=0
+    )
+    h = (torch.minimum(y2[:, None], y2[None, :]) - torch.maximum(y1[:, None], y1[None, :])).clamp(
+        min=0
+    )
+    inter = w * h
+    return inter / (areas[:, None] + areas[None, :] - inter)
+
+
+def batched_nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    class_ids: torch.Tensor,
+    iou_threshold: float,
+    class_agnostic: bool = False,
+) -> torch.Tensor:
+    """Indices of the kept boxes, by decreasing score, like ``torchvision.ops.batched_nms``
+    (or ``torchvision.ops.nms`` when ``class_agnostic``).
+
+    Ties in score keep their input order (stable sort).
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    b = boxes[order]
+    same_class_only = False
+    if not class_agnostic:
+        if boxes.numel() > _VANILLA_NUMEL.get(boxes.device.type, 100_000):
+            same_class_only = True  # per-class NMS on the original coordinates
+        else:
+            max_coordinate = boxes.max()
+            offsets = class_ids[order].to(b) * (max_coordinate + torch.tensor(1).to(b))
+            b = b + offsets[:, None]
+    thr = _float32_threshold(iou_threshold)
+    suppress = _pairwise_iou(b) > thr
+    suppress.triu_(diagonal=1)
+    if same_class_only:
+        c = class_ids[order]
+        suppress &= c[:, None] == c[None, :]
+    return order[_greedy_keep(suppress)]
+
+
+def postprocess_one(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    params: NMSParams,
+    class_agnostic: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image: (N, 4) xyxy and (N, C) scores -> kept (boxes, scores, class ids) on device."""
+    boxes = boxes.float()
+    scores = scores.float()
+    if params.multi_label:
+        anchor, cls = (scores > params.conf).nonzero(as_tuple=True)
+        cand_boxes = boxes[anchor]
+        cand_scores = scores[anchor, cls]
+        cand_cls = cls
+    else:
+        best, best_cls = torch.max(scores, dim=1)
+        mask = best >= params.conf
+        cand_boxes, cand_scores, cand_cls = boxes[mask], best[mask], best_cls[mask]
+
+    if cand_scores.shape[0] > params.top_k:
+        top = torch.topk(cand_scores, k=params.top_k, largest=True).indices
+        cand_boxes, cand_scores, cand_cls = cand_boxes[top], cand_scores[top], cand_cls[top]
+
+    keep = batched_nms(cand_boxes, cand_scores, cand_cls, params.iou, class_agnostic)
+    keep = keep[: params.max_det]
+    return cand_boxes[keep], cand_scores[keep], cand_cls[keep]
+
+
+def postprocess(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    params: NMSParams,
+    class_agnostic: bool = False,
+) -> list[Detections]:
+    """Detections per image from (B, N, 4) xyxy boxes and (B, N, C) sigmoid scores.
+
+    Boxes stay in the coordinates they come in (model-input pixels); map them to the camera
+    image with ``LetterboxMeta.to_source``. ``class_agnostic`` mirrors the reference's
+    ``class_agnostic_nms`` (default False: boxes of different classes never suppress each other).
+    """
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.ndim != 3:
+        raise ValueError(f"expected (B, N, 4) and (B, N, C), got {boxes.shape}, {scores.shape}")
+    if boxes.shape[:2] != scores.shape[:2]:
+        raise ValueError(f"boxes {tuple(boxes.shape)} and scores {tuple(scores.shape)} disagree")
+    out: list[Detections] = []
+    with torch.no_grad():
+        for b in range(boxes.shape[0]):
+            kb, ks, kc = postprocess_one(boxes[b], scores[b], params, class_agnostic)
+            out.append(
+                Detections(
+                    boxes=kb.cpu().numpy().astype(np.float32, copy=False),
+                    scores=ks.cpu().numpy().astype(np.float32, copy=False),
+                    class_ids=kc.cpu().numpy().astype(np.int64, copy=False),
+                )
+            )
+    return out
+
+
+def postprocess_numpy(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    params: NMSParams,
+    class_agnostic: bool = False,
+) -> list[Detections]:
+    """:func:`postprocess` for numpy outputs (e.g. from ONNX Runtime on CPU); no copy in."""
+    return postprocess(torch.from_numpy(boxes), torch.from_numpy(scores), params, class_agnostic)
