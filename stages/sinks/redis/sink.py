@@ -4,8 +4,9 @@ Why a thread and not a non-blocking flush on a timer: redis-py is a blocking cli
 slow cases are exactly the ones to isolate — a connect to an unreachable host waits
 ``connect_timeout_s``, a TLS handshake to a wrong CA fails after a round trip, a dead server
 leaves a reply waiting ``socket_timeout_s``. On a thread, those waits never touch the caller:
-``process()`` only encodes the frame (~30 us for 20 objects, so the byte bound is exact) and
-appends it under a lock held for microseconds. The stage contract has no tick either, so a
+``process()`` only encodes the frame (tens of us for 20 objects on an idle core, and the
+byte bound is then exact) and appends it under a lock held for microseconds. The stage
+contract has no tick either, so a
 timer would need the runtime's cooperation to flush an idle sink. The cost is the GIL: the
 flusher's CPU (pipelining, reply parsing) competes with the caller's, measured by
 ``tests/bench/bench_redis_sink.py``.
