@@ -1,0 +1,22 @@
+"""Camera ingest: PyAV demux + decode of RTSP, HTTP (MJPEG, HLS), files and V4L2 devices.
+
+One :class:`CameraSource` per camera runs in its own thread, survives disconnects, stalls and
+corrupt data through a connecting → streaming → stalled → backoff state machine, and hands
+:class:`DecodedFrame` objects (RGB, capture time, monotonic frame id) to a :class:`FrameSink`.
+"""
+
+from stages.decode.config import CameraConfig
+from stages.decode.redact import redact_text, redact_url
+from stages.decode.source import CameraSource
+from stages.decode.types import CameraState, CameraStats, DecodedFrame, FrameSink
+
+__all__ = [
+    "CameraConfig",
+    "CameraSource",
+    "CameraState",
+    "CameraStats",
+    "DecodedFrame",
+    "FrameSink",
+    "redact_text",
+    "redact_url",
+]
