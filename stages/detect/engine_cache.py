@@ -300,9 +300,9 @@ def compatibility_problems(
 ) -> list[str]:
     """Why an engine built under ``key`` cannot run here (empty list: it can).
 
-    Compute capability and TensorRT version are hard failures. The GPU *name* within one
-    capability (say an L4 engine on an RTX 4090) runs but with tactics tuned for the other
-    card, so it is reported too: the cache key treats it as a different engine.
+    Compute capability and TensorRT version are hard failures: TensorRT refuses such a plan
+    (unless built hardware/version-compatible, which we do not do). Another GPU *name* with
+    the same capability is only a tuning mismatch: see `tuning_mismatch`.
     """
     problems = []
     if key.compute_capability != compute_capability:
@@ -310,11 +310,59 @@ def compatibility_problems(
             f"built for compute capability {key.compute_capability} ({key.gpu_name}), "
             f"this GPU is {compute_capability} ({gpu_name})"
         )
-    elif key.gpu_name != gpu_name:
-        problems.append(f"built on a {key.gpu_name}, this GPU is a {gpu_name}")
     if key.trt_version != trt_version:
         problems.append(f"built with TensorRT {key.trt_version}, installed is {trt_version}")
     return problems
+
+
+def batch_profile(
+    fixed_batch: int | None,
+    min_batch: int = 1,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    default_max: int = 8,
+) -> tuple[int, int, int]:
+    """(min, opt, max) batch for the optimization profile.
+
+    A fixed-batch ONNX (``fixed_batch`` = its batch size) can only be built at that size; an
+    explicit ``max_batch`` that disagrees is an error rather than a silent surprise. A
+    dynamic one gets ``min_batch..max_batch`` (default ``default_max``), tuned at
+    ``opt_batch`` (default ``max_batch``).
+    """
+    if fixed_batch is not None:
+        if max_batch not in (None, fixed_batch) or (opt_batch not in (None, fixed_batch)):
+            raise EngineCacheError(
+                f"the ONNX has a fixed batch of {fixed_batch}: export it with dynamic_batch=True "
+                f"for a 1..{max_batch} profile"
+            )
+        return fixed_batch, fixed_batch, fixed_batch
+    mx = default_max if max_batch is None else max_batch
+    opt = mx if opt_batch is None else opt_batch
+    if not 1 <= min_batch <= opt <= mx:
+        raise EngineCacheError(
+            f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt}, {mx}"
+        )
+    return min_batch, opt, mx
+
+
+@contextlib.contextmanager
+def build_lock(engine_path: str | Path) -> Iterator[None]:
+    """Exclusive lock ``<engine>.lock`` held while building, so that several workers starting
+    at once on one machine build an engine once (the others wait, then hit the cache).
+    POSIX ``flock``: released by the kernel if the holder dies. No-op where unavailable."""
+    path = Path(engine_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,6 +600,15 @@ def inspect_onnx(onnx_path: str | Path) -> OnnxFacts:
 # --------------------------------------------------------------------------------------------
 
 
+def tuning_mismatch(key: EngineKey, *, gpu_name: str) -> str | None:
+    """A warning when the engine was tuned on another model of GPU (same capability): it
+    runs correctly, but its tactics were timed on the other card. `build_engine` here would
+    build (and cache) one tuned for this card, since the GPU name is part of the key."""
+    if key.gpu_name != gpu_name:
+        return f"engine tuned on a {key.gpu_name}, running on a {gpu_name}: rebuild for best speed"
+    return None
+
+
 def import_tensorrt() -> Any:
     """``import tensorrt`` with an error that says how to get it."""
     try:
@@ -702,7 +759,7 @@ def build_engine(
     precision: str = "fp16",
     min_batch: int = 1,
     opt_batch: int | None = None,
-    max_batch: int = 8,
+    max_batch: int | None = None,
     workspace_mb: int | None = None,
     cache_dir: str | Path | None = None,
     device: int = 0,
@@ -715,9 +772,10 @@ def build_engine(
     precision: see `plan_build`. With TensorRT 11 and a plain FP32 ONNX, "fp16" needs an
         AutoCast ONNX: with ``auto_convert`` (and ModelOpt installed) it is converted into
         the cache folder first, else a `PrecisionError` says how.
-    min/opt/max_batch: the optimization profile on the batch axis. A larger ``max_batch``
-        allows bigger batches but reserves more activation memory; ``opt_batch`` (default:
-        ``max_batch``) is where kernels are tuned, so set it to the batch you usually run.
+    min/opt/max_batch: the optimization profile on the batch axis (see `batch_profile`).
+        A larger ``max_batch`` allows bigger batches but reserves more activation memory;
+        ``opt_batch`` (default: ``max_batch``) is where kernels are tuned, so set it to the
+        batch you usually run. A fixed-batch ONNX builds at its own batch size.
     workspace_mb: cap on scratch memory for tactics (None: TensorRT's default, the whole
         GPU). Lower it when several engines or processes share one GPU.
     cache_dir: where engines live (default `default_cache_dir`).
@@ -729,7 +787,6 @@ def build_engine(
     onnx_path = Path(onnx_path)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     facts = inspect_onnx(onnx_path)
-    opt_batch = max_batch if opt_batch is None else opt_batch
 
     if (
         auto_convert
@@ -749,13 +806,8 @@ def build_engine(
         onnx_path, facts = converted, inspect_onnx(converted)
 
     plan = plan_build(precision, facts.precision, api)
-    if not facts.dynamic_batch and not (
-        min_batch == opt_batch == max_batch == facts.input_shape[0]
-    ):
-        raise EngineCacheError(
-            f"{onnx_path} has a fixed batch of {facts.input_shape[0]}: export it with "
-            "dynamic_batch=True for a batch profile, or pass min=opt=max_batch to that size"
-        )
+    fixed = None if facts.dynamic_batch else int(facts.input_shape[0])
+    min_batch, opt_batch, max_batch = batch_profile(fixed, min_batch, opt_batch, max_batch)
     key = make_key(
         onnx_path,
         precision=plan.precision,
@@ -772,10 +824,28 @@ def build_engine(
     if found.hit and not force:
         log.info("reusing TensorRT engine %s", found.engine_path)
         return found.engine_path
-    log.info(
-        "building TensorRT engine %s (%s): %s", found.engine_path.name, plan.note, found.reason
-    )
+    log.info("engine cache: %s", found.reason)
+    with build_lock(found.engine_path):
+        # Another process may have built it while we waited for the lock.
+        found = lookup(cache, onnx_path.stem, key)
+        if found.hit and not force:
+            return found.engine_path
+        _build_and_store(trt, api, plan, onnx_path, facts, key, found.engine_path, device, progress)
+    return found.engine_path
 
+
+def _build_and_store(
+    trt: Any,
+    api: TrtApi,
+    plan: BuildPlan,
+    onnx_path: Path,
+    facts: OnnxFacts,
+    key: EngineKey,
+    engine_path: Path,
+    device: int,
+    progress: bool,
+) -> None:
+    log.info("building TensorRT engine %s (%s)", engine_path.name, plan.note)
     t0 = time.monotonic()
     engine_bytes = _build_serialized(trt, api, plan, onnx_path, facts, key, device, progress)
     seconds = time.monotonic() - t0
@@ -798,9 +868,8 @@ def build_engine(
         built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         build_seconds=round(seconds, 1),
     )
-    store_engine(found.engine_path, engine_bytes, sidecar)
-    log.info("built %s in %.0f s", found.engine_path, seconds)
-    return found.engine_path
+    store_engine(engine_path, engine_bytes, sidecar)
+    log.info("built %s in %.0f s", engine_path, seconds)
 
 
 def _build_serialized(

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 QuantPrecision = Literal["fp16", "int8"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".ts", ".m4v")
+INT8_CALIB_FRAMES = 32
+FP16_REFERENCE_FRAMES = 4
 MODELOPT_HINT = 'pip install "edgestream[quant]"  (NVIDIA ModelOpt: nvidia-modelopt[onnx])'
 
 
@@ -219,7 +221,7 @@ def quantize_onnx(
     output_path: str | Path,
     precision: QuantPrecision,
     calib: str | Path | Sequence[np.ndarray] | None = None,
-    num_calib: int = 32,
+    num_calib: int | None = None,
     progress: bool = True,
     *,
     calibration_method: str = "entropy",
@@ -231,9 +233,10 @@ def quantize_onnx(
         of RGB arrays. INT8 derives its scales from them; FP16 (AutoCast) runs them once to
         find the nodes whose values overflow float16 and keeps those in FP32. None falls
         back to synthetic frames (with a warning for INT8: poor scales for production).
-    num_calib: frames to use, evenly spaced over the source. More frames give more robust
-        ranges at the cost of calibration time (~0.1-0.3 s per frame on a CPU for YOLO-NAS S)
-        and memory (4.9 MB per float frame at 640x640).
+    num_calib: frames to use, evenly spaced over the source; default 32 for int8 (more give
+        more robust ranges, at ~5 s per frame of CPU calibration for YOLO-NAS S and 4.9 MB
+        per float frame at 640x640), 4 for fp16 (AutoCast keeps every intermediate tensor of
+        every frame in memory, and only needs to see the value ranges).
     calibration_method: "entropy" (default; ignores rare outliers, usually better for
         detection) or "max" (keeps the full range; safer when outliers matter).
     high_precision_dtype: type of the layers INT8 leaves unquantized: "fp16" (fastest on
@@ -261,6 +264,8 @@ def quantize_onnx(
         work = Path(tmp) / src.name
         shutil.copyfile(src, work)
         out = Path(tmp) / f"out{dst.suffix or '.onnx'}"
+        if num_calib is None:
+            num_calib = FP16_REFERENCE_FRAMES if precision == "fp16" else INT8_CALIB_FRAMES
         frames = load_frames(calib, num_calib, progress)
         if calib is None and precision == "int8":
             log.warning(
@@ -504,7 +509,9 @@ def agreement(
         evenly spaced frames are taken from a video or folder.
     Returns `agreement_of`'s metrics, plus, for raw exports, tensor-level figures over the
     anchors the FP32 model scores above ``nms_params.conf``: ``max_abs_score_diff`` (all
-    anchors) and ``max_abs_box_diff_px`` / ``mean_abs_box_diff_px``.
+    anchors) and ``max_abs_box_diff_px`` / ``mean_abs_box_diff_px``; and
+    ``nonfinite_outputs``, the count of inf/NaN values the converted model produced (an
+    fp16 overflow shows up here first).
     """
     params = nms_params or NMSParams()
     a, b = OrtModel(fp32_onnx, params), OrtModel(other_onnx, params)
@@ -513,6 +520,10 @@ def agreement(
     dets_a, raw_a = a.run(batch)
     dets_b, raw_b = b.run(batch)
     result: dict[str, Any] = agreement_of(dets_a, dets_b, iou_threshold)
+    # inf/NaN in the converted model's outputs: the tell-tale of an fp16 overflow.
+    result["nonfinite_outputs"] = int(
+        sum((~np.isfinite(v)).sum() for v in raw_b.values() if v.dtype.kind == "f")
+    )
     if "scores" in raw_a and "scores" in raw_b:
         sa, sb = raw_a["scores"].astype(np.float32), raw_b["scores"].astype(np.float32)
         result["max_abs_score_diff"] = float(np.abs(sa - sb).max())
@@ -522,6 +533,51 @@ def agreement(
             result["max_abs_box_diff_px"] = float(d.max())
             result["mean_abs_box_diff_px"] = float(d.mean())
     return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m stages.detect.quantize {convert,agree} ...`` (see ``--help``)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m stages.detect.quantize", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="write an FP16 (AutoCast) or INT8 (Q/DQ) ONNX")
+    c.add_argument("onnx")
+    c.add_argument("output")
+    c.add_argument("--precision", choices=["fp16", "int8"], required=True)
+    c.add_argument("--calib", help="video file or image folder (default: synthetic frames)")
+    c.add_argument("--num-calib", type=int, help="default: 32 for int8, 4 for fp16")
+    c.add_argument("--method", choices=["entropy", "max"], default="entropy")
+    c.add_argument("--high-precision", choices=["fp16", "fp32"], default="fp16")
+    a = sub.add_parser("agree", help="detection agreement of OTHER with FP32 on ORT CPU")
+    a.add_argument("fp32_onnx")
+    a.add_argument("other_onnx")
+    a.add_argument("--images", help="video file or image folder (default: synthetic frames)")
+    a.add_argument("--num-images", type=int, default=16)
+    a.add_argument("--conf", type=float, default=NMSParams().conf)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "convert":
+        quantize_onnx(
+            args.onnx,
+            args.output,
+            args.precision,
+            calib=args.calib,
+            num_calib=args.num_calib,
+            calibration_method=args.method,
+            high_precision_dtype=args.high_precision,
+        )
+    else:
+        m = agreement(
+            args.fp32_onnx,
+            args.other_onnx,
+            args.images,
+            num_images=args.num_images,
+            nms_params=NMSParams(conf=args.conf),
+        )
+        print(json.dumps(m, indent=2))
+    return 0
 
 
 __all__ = [
@@ -540,3 +596,6 @@ __all__ = [
     "read_video_frames",
     "synthetic_frames",
 ]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

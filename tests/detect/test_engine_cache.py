@@ -34,6 +34,8 @@ from stages.detect.engine_cache import (
     EngineSidecar,
     PrecisionError,
     atomic_write_bytes,
+    batch_profile,
+    build_lock,
     cached_engine,
     compatibility_problems,
     detect_trt_api,
@@ -44,6 +46,7 @@ from stages.detect.engine_cache import (
     read_sidecar,
     sidecar_path,
     store_engine,
+    tuning_mismatch,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -287,6 +290,39 @@ def test_sigkilled_write_leaves_no_partial_file(tmp_path: Path) -> None:
         assert not lookup(tmp_path, "big", make_key()).hit
 
 
+def test_build_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    engine = tmp_path / "m.engine"
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(REPO)!r})\n"
+        "from stages.detect.engine_cache import build_lock\n"
+        f"with build_lock({str(engine)!r}):\n"
+        "    print('locked', flush=True); time.sleep(1.0)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        with build_lock(engine):  # waits for the child's build to finish
+            waited = time.monotonic() - t0
+    finally:
+        child.wait()
+    assert waited > 0.5
+
+
+# -- batch profile -------------------------------------------------------------------------
+
+
+def test_batch_profile() -> None:
+    assert batch_profile(None) == (1, 8, 8)
+    assert batch_profile(None, 1, 2, 16) == (1, 2, 16)
+    assert batch_profile(4) == (4, 4, 4)  # fixed-batch ONNX: its own size
+    assert batch_profile(4, max_batch=4) == (4, 4, 4)
+    with pytest.raises(EngineCacheError, match="fixed batch of 1"):
+        batch_profile(1, max_batch=8)
+    with pytest.raises(EngineCacheError, match="min_batch <= opt_batch"):
+        batch_profile(None, 4, 2, 8)
+
+
 # -- compatibility -------------------------------------------------------------------------
 
 
@@ -296,8 +332,9 @@ def test_compatibility_problems() -> None:
     assert compatibility_problems(key, **same) == []
     p = compatibility_problems(key, **{**same, "compute_capability": "9.0", "gpu_name": "H100"})
     assert len(p) == 1 and "compute capability 8.9" in p[0]
-    p = compatibility_problems(key, **{**same, "gpu_name": "NVIDIA RTX 4090"})
-    assert len(p) == 1 and "built on a NVIDIA L4" in p[0]
+    assert compatibility_problems(key, **{**same, "gpu_name": "NVIDIA RTX 4090"}) == []
+    assert "tuned on a NVIDIA L4" in str(tuning_mismatch(key, gpu_name="NVIDIA RTX 4090"))
+    assert tuning_mismatch(key, gpu_name="NVIDIA L4") is None
     p = compatibility_problems(key, **{**same, "trt_version": "11.4.0.1"})
     assert len(p) == 1 and "TensorRT 10.13.0.35" in p[0]
 

@@ -187,7 +187,7 @@ def test_agreement_of() -> None:
 def test_agreement_of_a_model_with_itself(tiny_onnx: dict[str, Path]) -> None:
     m = agreement(tiny_onnx["float"], tiny_onnx["float"], frames())
     assert m["images"] == 6 and m["ref_detections"] > 0
-    assert m["recall"] == 1.0 and m["max_abs_score_diff"] == 0.0
+    assert m["recall"] == 1.0 and m["max_abs_score_diff"] == 0.0 and m["nonfinite_outputs"] == 0
     # float input with /255 outside vs uint8 input with /255 in the graph: same numbers
     m = agreement(tiny_onnx["float"], tiny_onnx["uint8"], frames())
     assert m["recall"] == 1.0 and m["max_abs_score_diff"] < 1e-5
@@ -228,7 +228,7 @@ def test_fp16_autocast(tiny_onnx: dict[str, Path], tmp_path: Path, kind: str) ->
     assert facts.class_names == ["a", "b", "c"] and facts.metadata["precision"] == "fp16"
     m = agreement(src, out, frames())
     assert m["recall"] >= 0.95 and m["precision"] >= 0.95, m
-    assert m["max_abs_score_diff"] < 5e-3, m
+    assert m["max_abs_score_diff"] < 5e-3 and m["nonfinite_outputs"] == 0, m
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{kind}.fp16.onnx"]  # no litter
 
 

@@ -42,6 +42,7 @@ from stages.detect.engine_cache import (
     make_trt_logger,
     read_sidecar,
     sidecar_path,
+    tuning_mismatch,
 )
 from stages.detect.types import Detections, ModelInfo, NMSParams
 
@@ -188,6 +189,9 @@ class TensorRTBackend:
                 compute_capability=cc,
                 trt_version=trt.__version__,
             )
+            mismatch = tuning_mismatch(self.sidecar.key, gpu_name=gpu_name)
+            if mismatch and not problems:
+                log.warning("%s", mismatch)
             if problems:
                 raise TensorRTError(
                     f"engine {self.engine_path.name} does not match this machine: "
@@ -203,7 +207,11 @@ class TensorRTBackend:
             torch.cuda.init()  # torch creates the primary context TensorRT will share
             self.stream = torch.cuda.Stream(self.device)
             self._runtime = trt.Runtime(self._logger)
-            engine = self._runtime.deserialize_cuda_engine(data)
+            try:  # returns None on a bad plan; some versions raise instead
+                engine = self._runtime.deserialize_cuda_engine(data)
+            except (RuntimeError, TypeError, ValueError) as e:
+                self._logger.errors.append(str(e))
+                engine = None
             if engine is None:
                 detail = "; ".join(self._logger.errors[-3:])
                 raise TensorRTError(
