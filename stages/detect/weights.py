@@ -243,8 +243,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, Tensor], ModelInfo]:
         raise WeightsError(f"{path}: this is a JSON file, not model weights")
     if kind == "onnx?" and _looks_like_onnx(path):
         raise WeightsError(
-            f"{path}: this is an ONNX model, not PyTorch weights; use --backend onnxruntime "
-            "(or tensorrt) to run it"
+            f"{path}: this is an ONNX model, use --backend onnxruntime (or tensorrt) to run it; "
+            "PyTorch weights were expected here"
         )
     if kind not in ("torch-zip", "torch-legacy"):
         raise WeightsError(
