@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from stages.track.matching import assign, iou_matrix
+from stages.track.matching import assign
 
 
-def match_by_iou(
-    track_boxes: np.ndarray,
-    det_boxes: np.ndarray,
+def match(
+    iou: np.ndarray,
     min_iou: float,
     det_scores: np.ndarray | None = None,
     same_class: np.ndarray | None = None,
     bonus: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Match tracks (N, 4) to detections (M, 4), both xyxy, by maximum similarity.
+    """Match tracks to detections by maximum similarity, given their (N, M) ``iou``.
 
-    The similarity is the IoU, multiplied by the detection score when ``det_scores`` is given
-    (ByteTrack's score fusion: a confident detection wins a tie), plus ``bonus`` (N, M) if given.
-    A pair is allowed only if the (fused) IoU reaches ``min_iou`` and, with ``same_class`` (N, M)
-    bool, only within a class. Returns matched (track rows, detection rows).
+    The similarity is the IoU, multiplied by the detection score when ``det_scores`` (M,) is
+    given (ByteTrack's score fusion: a confident detection wins a tie), plus ``bonus`` (N, M)
+    if given. A pair is allowed only if the (fused) IoU reaches ``min_iou`` and, with
+    ``same_class`` (N, M) bool, only within a class. Returns matched (track rows, det rows).
     """
-    iou = iou_matrix(track_boxes, det_boxes)
     if det_scores is not None:
         iou = iou * det_scores[None, :]
     valid = iou >= min_iou

@@ -63,6 +63,13 @@ class TrackerConfig:
     from its last observation to the new one (OC-SORT's ORU) instead of keeping the velocity that
     drifted while it was lost. Cuts id switches after occlusions; costs time on recovery only."""
 
+    last_box_match_iou: float = 0.3
+    """After the first two passes, leftover high-score detections are matched to still-unmatched
+    confirmed tracks by IoU with the track's *last observed* box rather than its prediction
+    (OC-SORT's observation-centric recovery): an object that stopped while occluded, or whose
+    prediction drifted, gets its id back. Minimum IoU for that match; 1.0 effectively
+    disables it."""
+
     min_box_area: float = 10.0
     """Detections smaller than this (pixels², source image) are ignored: tiny boxes are mostly
     noise and their IoU is unstable."""
@@ -87,7 +94,7 @@ class TrackerConfig:
     def __post_init__(self) -> None:
         for name in ("high_score", "low_score", "new_track_score"):
             _check_range(name, getattr(self, name), 0.0, 1.0)
-        for name in ("match_iou", "low_match_iou", "tentative_match_iou"):
+        for name in ("match_iou", "low_match_iou", "tentative_match_iou", "last_box_match_iou"):
             _check_range(name, getattr(self, name), 0.0, 1.0)
         if self.low_score > self.high_score:
             raise ValueError(

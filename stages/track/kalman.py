@@ -22,12 +22,12 @@ _ASPECT_VEL_STD = 1e-5
 _ASPECT_MEAS_STD = 1e-1
 
 
-def _height_scaled(h: np.ndarray, weight: float, aspect_std: float) -> np.ndarray:
-    """(N, 4) standard deviations: ``weight * h`` for cx, cy, h and ``aspect_std`` for a."""
-    std = np.empty((h.shape[0], 4))
-    std[:] = (weight * h)[:, None]
-    std[:, 2] = aspect_std
-    return std
+def _height_scaled_var(h: np.ndarray, weight: float, aspect_std: float) -> np.ndarray:
+    """(N, 4) variances: ``(weight * h)²`` for cx, cy, h and ``aspect_std²`` for a."""
+    var = np.empty((h.shape[0], 4))
+    var[:] = np.square(weight * h)[:, None]
+    var[:, 2] = aspect_std * aspect_std
+    return var
 
 
 def xyxy_to_xyah(boxes: np.ndarray) -> np.ndarray:
@@ -62,8 +62,8 @@ def initiate(
     mean[:, 0] = measurement
     h = measurement[:, 3]
     cov = np.zeros((n, 3, 4))
-    cov[:, 0] = _height_scaled(h, 2.0 * position_noise, 2.0 * _ASPECT_POS_STD) ** 2
-    cov[:, 2] = _height_scaled(h, 10.0 * velocity_noise, 10.0 * _ASPECT_VEL_STD) ** 2
+    cov[:, 0] = _height_scaled_var(h, 2.0 * position_noise, 2.0 * _ASPECT_POS_STD)
+    cov[:, 2] = _height_scaled_var(h, 10.0 * velocity_noise, 10.0 * _ASPECT_VEL_STD)
     return mean, cov
 
 
@@ -72,16 +72,13 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One frame ahead for every row. Returns new arrays (inputs are not modified)."""
     h = mean[:, 0, 3]
-    q_pos = _height_scaled(h, position_noise, _ASPECT_POS_STD) ** 2
-    q_vel = _height_scaled(h, velocity_noise, _ASPECT_VEL_STD) ** 2
-    new_mean = np.empty_like(mean)
-    new_mean[:, 0] = mean[:, 0] + mean[:, 1]
-    new_mean[:, 1] = mean[:, 1]
-    pp, pv, vv = cov[:, 0], cov[:, 1], cov[:, 2]
-    new_cov = np.empty_like(cov)
-    new_cov[:, 0] = pp + 2.0 * pv + vv + q_pos
-    new_cov[:, 1] = pv + vv
-    new_cov[:, 2] = vv + q_vel
+    new_mean = mean.copy()
+    new_mean[:, 0] += mean[:, 1]
+    pv, vv = cov[:, 1], cov[:, 2]
+    new_cov = cov.copy()
+    new_cov[:, 0] += 2.0 * pv + vv + _height_scaled_var(h, position_noise, _ASPECT_POS_STD)
+    new_cov[:, 1] += vv
+    new_cov[:, 2] += _height_scaled_var(h, velocity_noise, _ASPECT_VEL_STD)
     return new_mean, new_cov
 
 
@@ -92,17 +89,13 @@ def update(
 
     The measurement noise is scaled by the *predicted* height, as in ByteTrack.
     """
-    r = _height_scaled(mean[:, 0, 3], position_noise, _ASPECT_MEAS_STD) ** 2
-    pp, pv, vv = cov[:, 0], cov[:, 1], cov[:, 2]
+    r = _height_scaled_var(mean[:, 0, 3], position_noise, _ASPECT_MEAS_STD)
+    pp, pv = cov[:, 0], cov[:, 1]
     s = pp + r
-    k_pos = pp / s
-    k_vel = pv / s
-    innovation = measurement - mean[:, 0]
-    new_mean = np.empty_like(mean)
-    new_mean[:, 0] = mean[:, 0] + k_pos * innovation
-    new_mean[:, 1] = mean[:, 1] + k_vel * innovation
+    # Gains for position and velocity, stacked: (N, 2, 4).
+    gain = cov[:, :2] / s[:, None]
+    new_mean = mean + gain * (measurement - mean[:, 0])[:, None]
     new_cov = np.empty_like(cov)
-    new_cov[:, 0] = (1.0 - k_pos) * pp
-    new_cov[:, 1] = (1.0 - k_pos) * pv
-    new_cov[:, 2] = vv - k_vel * pv
+    new_cov[:, :2] = cov[:, :2] * (1.0 - gain[:, :1])
+    new_cov[:, 2] = cov[:, 2] - gain[:, 1] * pv
     return new_mean, new_cov

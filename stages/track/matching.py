@@ -16,7 +16,7 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     bx1, by1, bx2, by2 = (b[:, i] for i in range(4))
     iw = np.minimum(ax2, bx2) - np.maximum(ax1, bx1)
     ih = np.minimum(ay2, by2) - np.maximum(ay1, by1)
-    inter = np.clip(iw, 0.0, None) * np.clip(ih, 0.0, None)
+    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
     area_a = (ax2 - ax1) * (ay2 - ay1)
     area_b = (bx2 - bx1) * (by2 - by1)
     return inter / np.maximum(area_a + area_b - inter, 1e-9)

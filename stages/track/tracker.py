@@ -23,9 +23,10 @@ from __future__ import annotations
 import numpy as np
 
 from stages.track import kalman
-from stages.track.association import direction_consistency, match_by_iou
+from stages.track.association import direction_consistency, match
 from stages.track.config import TrackerConfig
 from stages.track.ids import IdAllocator
+from stages.track.matching import iou_matrix
 from stages.track.types import TrackerOutput, TrackEvent, TrackEventKind, Tracks
 
 TENTATIVE, TRACKED, LOST = 0, 1, 2
@@ -84,6 +85,11 @@ class Tracker:
         return int(self._state.shape[0])
 
     @property
+    def state_bytes(self) -> int:
+        """Bytes held in the track table (grows and shrinks with the live tracks only)."""
+        return sum(getattr(self, name).nbytes for name in self._COLUMNS)
+
+    @property
     def next_id(self) -> int:
         return self._ids.next_id
 
@@ -116,71 +122,65 @@ class Tracker:
         frame = self._frame
 
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        keep = np.flatnonzero((scores >= cfg.low_score) & (area >= cfg.min_box_area))
+        keep = np.nonzero((scores >= cfg.low_score) & (area >= cfg.min_box_area))[0]
         det_boxes, det_scores, det_class = boxes[keep], scores[keep], class_ids[keep]
         high = det_scores >= cfg.high_score
 
-        track_boxes = kalman.xyah_to_xyxy(self._mean[:, 0])
+        iou = iou_matrix(kalman.xyah_to_xyxy(self._mean[:, 0]), det_boxes)  # (tracks, dets)
         state = self._state
+        track_free = np.ones(self.num_tracks, dtype=bool)
+        det_free = np.ones(det_boxes.shape[0], dtype=bool)
+        m_track: list[np.ndarray] = []
+        m_det: list[np.ndarray] = []
 
-        # Pass 1: high-score detections vs confirmed (tracked + lost) tracks.
-        t1 = np.flatnonzero(state != TENTATIVE)
-        d1 = np.flatnonzero(high)
+        def run_pass(
+            t: np.ndarray,
+            d: np.ndarray,
+            min_iou: float,
+            fuse: bool,
+            bonus: np.ndarray | None,
+            pair_iou: np.ndarray | None = None,
+        ) -> None:
+            if t.size == 0 or d.size == 0:
+                return
+            same = None if not cfg.per_class else self._class[t][:, None] == det_class[None, d]
+            sub = iou[t][:, d] if pair_iou is None else pair_iou
+            r, c = match(sub, min_iou, det_scores[d] if fuse else None, same, bonus)
+            m_track.append(t[r])
+            m_det.append(d[c])
+            track_free[t[r]] = False
+            det_free[d[c]] = False
+
+        # Pass 1: high-score detections vs confirmed (tracked + lost) tracks, with OCM.
+        t1 = np.nonzero(state != TENTATIVE)[0]
+        d1 = np.nonzero(high)[0]
         bonus = None
         if cfg.direction_weight > 0 and t1.size and d1.size:
             bonus = self._direction_bonus(t1, det_boxes[d1], det_scores[d1], frame)
-        r, c = match_by_iou(
-            track_boxes[t1],
-            det_boxes[d1],
-            cfg.match_iou,
-            det_scores=det_scores[d1],
-            same_class=self._class_mask(t1, det_class[d1]),
-            bonus=bonus,
-        )
-        m_track, m_det = [t1[r]], [d1[c]]
-        track_free = np.ones(self.num_tracks, dtype=bool)
-        track_free[t1[r]] = False
-        det_free = np.ones(det_boxes.shape[0], dtype=bool)
-        det_free[d1[c]] = False
-
+        run_pass(t1, d1, cfg.match_iou, True, bonus)
         # Pass 2 (BYTE): low-score detections vs tracks that were tracked last frame.
-        t2 = np.flatnonzero(track_free & (state == TRACKED))
-        d2 = np.flatnonzero(~high)
-        r, c = match_by_iou(
-            track_boxes[t2],
-            det_boxes[d2],
-            cfg.low_match_iou,
-            same_class=self._class_mask(t2, det_class[d2]),
-        )
-        m_track.append(t2[r])
-        m_det.append(d2[c])
-        track_free[t2[r]] = False
-        det_free[d2[c]] = False
-
+        t2 = np.nonzero(track_free & (state == TRACKED))[0]
+        run_pass(t2, np.nonzero(~high)[0], cfg.low_match_iou, False, None)
+        # Pass 2b (OCR): leftover high-score detections vs unmatched confirmed tracks, by IoU
+        # with their last observed box.
+        tr = np.nonzero(track_free & (state != TENTATIVE))[0]
+        dr = np.nonzero(det_free & high)[0]
+        if tr.size and dr.size and cfg.last_box_match_iou < 1.0:
+            last_iou = iou_matrix(kalman.xyah_to_xyxy(self._last_obs[tr]), det_boxes[dr])
+            run_pass(tr, dr, cfg.last_box_match_iou, False, None, last_iou)
         # Pass 3: leftover high-score detections vs tentative tracks.
-        t3 = np.flatnonzero(state == TENTATIVE)
-        d3 = np.flatnonzero(det_free & high)
-        r, c = match_by_iou(
-            track_boxes[t3],
-            det_boxes[d3],
-            cfg.tentative_match_iou,
-            det_scores=det_scores[d3],
-            same_class=self._class_mask(t3, det_class[d3]),
-        )
-        m_track.append(t3[r])
-        m_det.append(d3[c])
-        track_free[t3[r]] = False
-        det_free[d3[c]] = False
+        t3 = np.nonzero(state == TENTATIVE)[0]
+        run_pass(t3, np.nonzero(det_free & high)[0], cfg.tentative_match_iou, True, None)
 
-        tracks_idx = np.concatenate(m_track)
-        dets_idx = np.concatenate(m_det)
+        tracks_idx = np.concatenate(m_track) if m_track else _EMPTY
+        dets_idx = np.concatenate(m_det) if m_det else _EMPTY
         events: list[TrackEvent] = []
         self._apply_matches(tracks_idx, det_boxes[dets_idx], det_class[dets_idx], frame, events)
 
         kept = self._retire(track_free, frame, events)
         if kept is not None:  # rows were dropped (never matched ones): renumber the matches
             tracks_idx = (np.cumsum(kept) - 1)[tracks_idx]
-        births = np.flatnonzero(det_free & (det_scores >= cfg.new_track_score))
+        births = np.nonzero(det_free & (det_scores >= cfg.new_track_score))[0]
         born = self._birth(det_boxes[births], det_class[births], frame, events)
         tracks_idx = np.concatenate([tracks_idx, born])
         dets_idx = np.concatenate([dets_idx, births])
@@ -205,11 +205,6 @@ class Tracker:
             self._mean, self._cov = kalman.predict(
                 self._mean, self._cov, cfg.position_noise, cfg.velocity_noise
             )
-
-    def _class_mask(self, tracks: np.ndarray, det_class: np.ndarray) -> np.ndarray | None:
-        if not self.config.per_class:
-            return None
-        return self._class[tracks][:, None] == det_class[None, :]
 
     def _anchor(self, tracks: np.ndarray, frame: int) -> np.ndarray:
         """(n, 2) observed centre ~direction_delta_frames ago (else the last observation)."""
@@ -268,22 +263,27 @@ class Tracker:
             self._confirm(row, events)
 
     def _re_update(self, tracks: np.ndarray, z: np.ndarray, frame: int) -> None:
-        """OC-SORT's observation-centric re-update for tracks matched after a gap."""
+        """OC-SORT's observation-centric re-update for tracks matched after a gap.
+
+        From the filter state at the last observation, alternate predict and update along
+        evenly spaced virtual observations between the last and the new detection, then
+        predict to this frame (the caller applies the real update)."""
         gap = frame - self._last_frame[tracks]
-        sel = gap > 1
-        if not sel.any():
+        sel = np.nonzero(gap > 1)[0]
+        if sel.size == 0:
             return
         cfg = self.config
-        rows, gap, z1 = tracks[sel], gap[sel][:, None, None], z[sel]
+        sel = sel[np.argsort(-gap[sel], kind="stable")]  # longest gaps first
+        rows, gap, z1 = tracks[sel], gap[sel], z[sel]
         z0 = self._last_obs[rows]
         mean, cov = self._obs_mean[rows], self._obs_cov[rows]
-        for k in range(1, int(gap.max())):
-            active = k < gap
-            p_mean, p_cov = kalman.predict(mean, cov, cfg.position_noise, cfg.velocity_noise)
-            virtual = z0 + (z1 - z0) * (k / gap[:, 0])
-            u_mean, u_cov = kalman.update(p_mean, p_cov, virtual, cfg.position_noise)
-            mean = np.where(active, u_mean, mean)
-            cov = np.where(active, u_cov, cov)
+        for k in range(1, int(gap[0])):
+            n = int(np.count_nonzero(gap > k))  # rows still on their virtual path: a prefix
+            p_mean, p_cov = kalman.predict(
+                mean[:n], cov[:n], cfg.position_noise, cfg.velocity_noise
+            )
+            virtual = z0[:n] + (z1[:n] - z0[:n]) * (k / gap[:n])[:, None]
+            mean[:n], cov[:n] = kalman.update(p_mean, p_cov, virtual, cfg.position_noise)
         self._mean[rows], self._cov[rows] = kalman.predict(
             mean, cov, cfg.position_noise, cfg.velocity_noise
         )
