@@ -39,7 +39,7 @@ def test_load_sequence_groups_detections_by_frame(tmp_path: Path) -> None:
 
 
 def test_load_sequence_names_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="seqinfo.ini"):
+    with pytest.raises(FileNotFoundError, match=r"seqinfo\.ini"):
         load_sequence(tmp_path)
 
 
