@@ -101,7 +101,8 @@ def test_stage_persists_ids_per_camera_across_restarts(tmp_path: Path) -> None:
 
 
 def test_no_state_is_shared_between_tracker_instances() -> None:
-    a, b = Tracker(), Tracker()
+    cfg = TrackerConfig(min_hits=2)
+    a, b = Tracker(cfg), Tracker(cfg)
     for f in range(3):
         step(a, [box(10, 10), box(200, 10)], f)
     assert ids_of(step(b, [box(10, 10)], 0)) == []

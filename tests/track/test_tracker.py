@@ -121,7 +121,7 @@ def test_dropped_frames_advance_the_motion_model() -> None:
 def test_per_class_never_gives_a_person_id_to_a_car() -> None:
     person, car = 0, 2
     for per_class, expect_same in ((True, False), (False, True)):
-        t = Tracker(TrackerConfig(per_class=per_class), frame_rate_hz=30)
+        t = Tracker(TrackerConfig(per_class=per_class, min_hits=2), frame_rate_hz=30)
         for f in range(5):
             first = step(t, [box(100, 100)], f, classes=[person])
         out = step(t, [box(100, 100)], 5, classes=[car])
