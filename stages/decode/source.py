@@ -65,6 +65,10 @@ class _Stop(Exception):
     """Raised inside the reading loop when stop() was called."""
 
 
+class _Rewind(Exception):
+    """A looped file reached its end and must be reopened (it cannot seek)."""
+
+
 class CameraSource:
     """Decode one camera in its own thread and hand frames and state changes to ``sink``.
 
@@ -230,34 +234,37 @@ class CameraSource:
                 log.warning("camera %s: hwaccel %r unavailable (%s); decoding on the CPU",
                             self.camera_id, cfg.hwaccel, problem)  # fmt: skip
                 self._use_hwaccel = False
-        try:
-            container = open_input(cfg, hwaccel=self._use_hwaccel)
-        except Exception as e:
-            reason = describe_error(e, cfg, "connect")
-            if not cfg.is_live and is_permanent_for_file(e):
-                self.last_error = reason
-                self._stop_reason = reason
+        while True:  # more than once only to rewind a looped file that cannot seek
+            try:
+                container = open_input(cfg, hwaccel=self._use_hwaccel)
+            except Exception as e:
+                reason = describe_error(e, cfg, "connect")
+                if not cfg.is_live and is_permanent_for_file(e):
+                    self.last_error = reason
+                    self._stop_reason = reason
+                    return None
+                return reason
+            try:
+                stream = configure_video_stream(container, cfg)
+                self._hw_active = bool(self._use_hwaccel and stream.codec_context.is_hwaccel)
+                return self._stream(container, stream)
+            except _Rewind:
+                continue
+            except _Stop:
                 return None
-            return reason
-        try:
-            stream = configure_video_stream(container, cfg)
-            self._hw_active = bool(self._use_hwaccel and stream.codec_context.is_hwaccel)
-            return self._stream(container, stream)
-        except _Stop:
-            return None
-        except Exception as e:
-            reason = describe_error(e, cfg, "read")
-            if isinstance(e, _STALL_ERRORS):
-                # A read that timed out is a stall too (FFmpeg may notice before the watchdog).
-                self._set_state(S.STALLED, reason, expect=S.STREAMING)
-            if not cfg.is_live:
-                self.corrupt_packets += 1
-                self.last_error = reason
-                self._stop_reason = f"file ended on an error: {reason}"
-                return None
-            return reason
-        finally:
-            container.close()
+            except Exception as e:
+                reason = describe_error(e, cfg, "read")
+                if isinstance(e, _STALL_ERRORS):
+                    # A read that timed out is a stall too (FFmpeg may notice before the watchdog).
+                    self._set_state(S.STALLED, reason, expect=S.STREAMING)
+                if not cfg.is_live:
+                    self.corrupt_packets += 1
+                    self.last_error = reason
+                    self._stop_reason = f"file ended on an error: {reason}"
+                    return None
+                return reason
+            finally:
+                container.close()
 
     # ---------------------------------------------------------------- reading
     def _stream(
@@ -314,7 +321,7 @@ class CameraSource:
                         self._last_frame_mono = time.monotonic()
                         continue
                     if rtcp is not None:
-                        ts, src = rtcp.capture_time(container, pts_s)
+                        ts, src = rtcp.capture_time(pts_s)
                     elif not cfg.is_live and media_s is not None:
                         ts, src = opened_wall + media_s, "file"
                     else:
@@ -335,7 +342,10 @@ class CameraSource:
             # Loop the file: rewind and keep the media timeline (and frame ids) continuous.
             self._media_offset_s += max(0.0, pass_end_s - (pass_start_s or 0.0))
             pass_start_s, pass_end_s = None, 0.0
-            container.seek(0)
+            try:
+                container.seek(0)
+            except av.error.FFmpegError:  # raw elementary streams cannot seek: reopen
+                raise _Rewind from None
             pacer.reset()
 
     def _deliver(

@@ -84,6 +84,7 @@ class RecordingSink:
     def __init__(self, keep_pixels: int = 2) -> None:
         self.frames: list[DecodedFrame] = []
         self.arrivals: list[float] = []  # monotonic time of each on_frame
+        self.arrivals_wall: list[float] = []  # time.time() of each on_frame
         self.states: list[tuple[float, CameraState, CameraState, str]] = []
         self.keep_pixels = keep_pixels
         self.cond = threading.Condition()
@@ -94,6 +95,7 @@ class RecordingSink:
                 object.__setattr__(frame, "rgb", None)
             self.frames.append(frame)
             self.arrivals.append(time.monotonic())
+            self.arrivals_wall.append(time.time())
             self.cond.notify_all()
 
     def on_state(self, camera_id: str, old: CameraState, new: CameraState, reason: str) -> None:
@@ -130,7 +132,9 @@ def camera() -> Iterator[Callable[..., tuple[CameraSource, RecordingSink]]]:
     """Build and start CameraSources; all are stopped (and must stop) at teardown."""
     started: list[CameraSource] = []
 
-    def make(url: str, camera_id: str = "cam", **overrides: object) -> tuple[CameraSource, RecordingSink]:
+    def make(
+        url: str, camera_id: str = "cam", **overrides: object
+    ) -> tuple[CameraSource, RecordingSink]:
         cfg = CameraConfig(url=url, **{**FAST, **overrides})  # type: ignore[arg-type]
         sink = RecordingSink()
         source = CameraSource(camera_id, cfg, sink)

@@ -45,8 +45,9 @@ def gstreamer_missing() -> str | None:
     if out.returncode != 0:
         return (
             "GStreamer RTSP server not installed (apt-get install python3-gi "
-            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-{base,good,bad,ugly} "
-            "gstreamer1.0-x): " + out.stderr.strip().splitlines()[-1]
+            "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp "
+            "gstreamer1.0-plugins-{base,good,bad,ugly} gstreamer1.0-x): "
+            + out.stderr.strip().splitlines()[-1]
         )
     if out.stdout.strip():
         return f"GStreamer elements missing: {out.stdout.strip()}"

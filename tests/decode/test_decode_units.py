@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -36,7 +37,10 @@ def test_redact_text_in_messages_and_literal_secrets() -> None:
 def test_config_validation_names_every_problem() -> None:
     with pytest.raises(ValueError) as e:
         CameraConfig(
-            "rtsp://u:secret@cam/s", transport="http", detect_fps=0, backoff_min_s=5,  # type: ignore[arg-type]
+            "rtsp://u:secret@cam/s",
+            transport="http",
+            detect_fps=0,
+            backoff_min_s=5,  # type: ignore[arg-type]
             backoff_max_s=1,
         )
     msg = str(e.value)
@@ -74,14 +78,16 @@ def test_backoff_doubles_with_jitter_within_bounds_and_resets() -> None:
     assert b.next_delay() <= 1.2
 
 
-@pytest.mark.parametrize(("src_fps", "target"), [(25, 10), (30, 5), (25, 12.5), (12.5, 5), (25, 30)])
+@pytest.mark.parametrize(
+    ("src_fps", "target"), [(25, 10), (30, 5), (25, 12.5), (12.5, 5), (25, 30)]
+)
 def test_rate_pacer_forwards_evenly(src_fps: float, target: float) -> None:
     pacer = RatePacer(target)
     times = [i / src_fps for i in range(int(src_fps * 20))]
     kept = [t for t in times if pacer.should_forward(t)]
     expected = min(src_fps, target) * 20
     assert abs(len(kept) - expected) <= 1
-    gaps = [b - a for a, b in zip(kept, kept[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(kept)]
     # evenly spread: no gap shorter than one source frame, none longer than period + 1 frame
     assert min(gaps) >= 1 / src_fps - 1e-9
     assert max(gaps) <= 1 / min(target, src_fps) + 1 / src_fps + 1e-9
