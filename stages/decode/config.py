@@ -45,6 +45,10 @@ class CameraConfig:
             interrupt callback; FFmpeg's RTSP demuxer gives up after about twice this).
         stall_timeout_s: no decoded frame for this long while streaming → ``stalled``, detected by
             a watchdog independently of FFmpeg, then the connection is dropped and retried.
+        first_frame_timeout_s: after connecting, how long packets may flow without a decodable
+            frame before the connection is dropped. Longer than the stall timeout because a
+            decoder can only start at a key frame, and cameras with long GOPs ("smart codec"
+            modes) send one every 4-10 s; a stream that never yields a frame is corrupt.
         backoff_min_s, backoff_max_s: reconnect delay, doubling after each failed attempt from
             the minimum to the maximum, with ±``backoff_jitter`` relative jitter so that many
             cameras behind one failed switch do not reconnect in lock-step. Reset to the minimum
@@ -70,6 +74,7 @@ class CameraConfig:
     open_timeout_s: float = 10.0
     read_timeout_s: float = 5.0
     stall_timeout_s: float = 10.0
+    first_frame_timeout_s: float = 20.0
     backoff_min_s: float = 1.0
     backoff_max_s: float = 30.0
     backoff_jitter: float = 0.2
@@ -87,7 +92,13 @@ class CameraConfig:
             problems.append(f"transport must be 'tcp' or 'udp', not {self.transport!r}")
         if self.detect_fps is not None and not self.detect_fps > 0:
             problems.append(f"detect_fps must be > 0 or None, not {self.detect_fps}")
-        for name in ("open_timeout_s", "read_timeout_s", "stall_timeout_s", "backoff_min_s"):
+        for name in (
+            "open_timeout_s",
+            "read_timeout_s",
+            "stall_timeout_s",
+            "first_frame_timeout_s",
+            "backoff_min_s",
+        ):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, not {getattr(self, name)}")
         if self.backoff_max_s < self.backoff_min_s:

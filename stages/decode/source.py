@@ -285,8 +285,14 @@ class CameraSource:
                 if self._stop.is_set():
                     raise _Stop
                 now = time.monotonic()
-                if now - (self._last_frame_mono or opened_mono) > cfg.stall_timeout_s:
+                last: float | None = self._last_frame_mono
+                if last is not None and now - last > cfg.stall_timeout_s:
                     raise StreamStalled(f"no frame for {cfg.stall_timeout_s:g} s")
+                if last is None and now - opened_mono > cfg.first_frame_timeout_s:
+                    raise StreamStalled(
+                        f"no decodable frame within {cfg.first_frame_timeout_s:g} s of "
+                        "connecting (no key frame, or a corrupt stream)"
+                    )
                 if packet.is_corrupt:
                     self.corrupt_packets += 1
                 if rtcp is not None:

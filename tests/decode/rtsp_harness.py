@@ -129,6 +129,13 @@ class RtspServer:
         self.proc = None
         return err or ""
 
+    def died(self) -> str | None:
+        """If the server exited by itself: its exit status and stderr (it is then reaped)."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code = self.proc.returncode
+        return f"exit status {code}: {self._reap()[-3000:]}"
+
     def kill(self) -> None:
         """SIGKILL the server (and its group): clients see their connection closed."""
         self._reap()
