@@ -74,7 +74,8 @@ class CameraSource:
 
     ``start()`` returns at once; ``stop()`` asks the thread to finish and waits for it (a read
     blocked inside FFmpeg returns within its timeout, so allow ``2 * read_timeout_s``).
-    ``stats()`` may be called from any thread.
+    ``stats()`` may be called from any thread (the counters are written by the camera thread
+    only; a snapshot is consistent per field, not across fields).
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class CameraSource:
         self._backoff = Backoff(config.backoff_min_s, config.backoff_max_s, config.backoff_jitter)
         self._use_hwaccel = config.hwaccel is not None
         self._hw_active = False
+        self._hw_probed = False
         self._thread: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         # counters (written by the camera thread only; read under the lock for a snapshot)
@@ -133,7 +135,7 @@ class CameraSource:
             timeout_s = 2 * self.config.read_timeout_s + self.config.open_timeout_s + 1.0
         deadline = time.monotonic() + timeout_s
         for thread in (self._thread, self._watchdog):
-            if thread is not None:
+            if thread is not None and thread is not threading.current_thread():  # from a callback
                 thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t is not None and t.is_alive() for t in (self._thread, self._watchdog))
 
@@ -155,6 +157,7 @@ class CameraSource:
                 frames_skipped=self.frames_skipped,
                 corrupt_packets=self.corrupt_packets,
                 corrupt_frames=self.corrupt_frames,
+                sink_errors=self.sink_errors,
                 reconnects=self.reconnects,
                 stalls=self.stalls,
                 transitions=dict(self._transitions),
@@ -228,7 +231,8 @@ class CameraSource:
     def _connect_and_stream(self) -> str | None:
         """One connection. Returns the reason it ended (→ backoff) or None (→ stopped)."""
         cfg = self.config
-        if self._use_hwaccel and cfg.hwaccel and not self._hw_active:
+        if self._use_hwaccel and cfg.hwaccel and not self._hw_probed:
+            self._hw_probed = True  # creating a device context is costly: once per camera
             problem = hwaccel_usable(cfg.hwaccel)
             if problem is not None:
                 log.warning("camera %s: hwaccel %r unavailable (%s); decoding on the CPU",

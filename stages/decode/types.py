@@ -68,6 +68,12 @@ class CameraStats:
     """A snapshot of one camera's counters (monotonic since the source was created).
 
     The runtime exports these as Prometheus counters/gauges, labelled by camera id.
+
+    ``frames_skipped`` are decoded frames not forwarded because of ``detect_fps``;
+    ``corrupt_packets`` are packets FFmpeg flagged corrupt or could not decode (skipped);
+    ``corrupt_frames`` are frames the decoder output with concealed errors (still forwarded);
+    ``reconnects`` counts connection attempts after the first; ``stalls`` entries into
+    ``stalled``; ``transitions`` counts every ``"old->new"`` state change.
     """
 
     camera_id: str
@@ -77,6 +83,7 @@ class CameraStats:
     frames_skipped: int
     corrupt_packets: int
     corrupt_frames: int
+    sink_errors: int
     reconnects: int
     stalls: int
     transitions: dict[str, int]

@@ -117,3 +117,29 @@ def test_stop_interrupts_realtime_file(camera, clips) -> None:
     assert src.stop(timeout_s=5)
     assert time.monotonic() - t0 < 1.0
     assert src.state == S.STOPPED
+
+
+def test_hwaccel_falls_back_to_cpu_when_unavailable(camera, clips, caplog) -> None:
+    from stages.decode.opener import hwaccel_usable
+
+    if hwaccel_usable("cuda") is None:
+        pytest.skip("a CUDA device is present: the fallback path is not reachable")
+    src, sink = camera(str(clips["h264"]), realtime=False, hwaccel="cuda")
+    assert sink.wait_state(S.STOPPED, 20)
+    assert len(sink.frames) == 100
+    assert src.stats().hwaccel_active is False
+    assert "hwaccel 'cuda' unavailable" in caplog.text
+
+
+@pytest.mark.gpu
+def test_hwaccel_cuda_decodes_on_gpu(camera, clips) -> None:
+    from stages.decode.opener import hwaccel_usable
+
+    problem = hwaccel_usable("cuda")
+    if problem is not None:
+        pytest.skip(f"CUDA decode unavailable: {problem}")
+    src, sink = camera(str(clips["h264"]), realtime=False, hwaccel="cuda")
+    assert sink.wait_state(S.STOPPED, 20)
+    assert len(sink.frames) == 100
+    assert sink.frames[0].rgb.shape == (240, 320, 3)
+    assert src.stats().hwaccel_active is True
