@@ -249,17 +249,17 @@ class YoloNAS(nn.Module):
 
 
 def yolo_nas_s(num_classes: int = 80) -> YoloNAS:
-    """YOLO-NAS S: 921 state_dict keys, ~12 M parameters."""
+    """YOLO-NAS S: 921 state_dict keys; 19.1 M parameters as built, 12.2 M once fused."""
     return YoloNAS(YOLO_NAS_S, num_classes)
 
 
 def yolo_nas_m(num_classes: int = 80) -> YoloNAS:
-    """YOLO-NAS M: 965 state_dict keys, ~51 M parameters."""
+    """YOLO-NAS M: 965 state_dict keys; 51.2 M parameters as built, 31.9 M once fused."""
     return YoloNAS(YOLO_NAS_M, num_classes)
 
 
 def yolo_nas_l(num_classes: int = 80) -> YoloNAS:
-    """YOLO-NAS L: 1097 state_dict keys, ~67 M parameters."""
+    """YOLO-NAS L: 1097 state_dict keys; 67.0 M parameters as built, 42.0 M once fused."""
     return YoloNAS(YOLO_NAS_L, num_classes)
 
 
