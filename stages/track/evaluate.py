@@ -9,6 +9,8 @@ classes (2, 7, 8, 12) are removed, a match needs IoU >= 0.5.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 import time
 from dataclasses import dataclass
@@ -114,7 +116,8 @@ def _trackeval_scores(
         trackeval.metrics.CLEAR(quiet),
         trackeval.metrics.Identity(quiet),
     ]
-    raw, _ = evaluator.evaluate([dataset], metrics)
+    with contextlib.redirect_stdout(io.StringIO()):  # TrackEval prints progress lines
+        raw, _ = evaluator.evaluate([dataset], metrics)
     out: dict[str, dict[str, tuple[float, float, float, int]]] = {}
     for tracker in trackers:
         out[tracker] = {}
