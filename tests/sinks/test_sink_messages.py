@@ -131,24 +131,26 @@ def _item(key: str, ms: int, seq: int, nbytes: int = 100) -> Item:
     return Item(encode_frame(frame)[0], key, ms, seq, 0.0, nbytes=nbytes)
 
 
-def test_buffer_bounds_drop_oldest_queued_never_in_flight() -> None:
+def test_buffer_bounds_drop_oldest_fresh_never_in_flight_or_retried() -> None:
     buf = OutageBuffer(max_messages=4, max_bytes=10_000)
-    items = [_item("k", 1, i) for i in range(6)]
+    items = [_item("k", 1, i) for i in range(8)]
     for it in items[:4]:
         assert buf.put(it) == []
     batch = buf.take(2)  # items 0, 1 in flight
     assert buf.put(items[4]) == [items[2]]
     assert buf.put(items[5]) == [items[3]]
     assert buf.messages == 4
-    buf.requeue(batch)
-    assert [i.seq_hint for i in buf.queue] == [0, 1, 4, 5]
+    buf.requeue(batch)  # the flush failed: 0, 1 may have been written; they must not be dropped
+    assert buf.put(items[6]) == [items[4]]
+    assert buf.put(items[7]) == [items[5]]
+    assert [i.seq_hint for i in buf.take(10)] == [0, 1, 6, 7]
     assert buf.nbytes == 400
 
     full = OutageBuffer(max_messages=2, max_bytes=10_000)
     full.put(items[0])
     full.put(items[1])
-    full.take(2)
-    assert full.put(items[2]) == [items[2]]  # all in flight: the new one is dropped
+    full.requeue(full.take(2))
+    assert full.put(items[2]) == [items[2]]  # only unknown-fate entries: the new one goes
     assert full.messages == 2
 
 

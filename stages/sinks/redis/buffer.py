@@ -62,24 +62,33 @@ def parse_id(entry_id: str | bytes) -> tuple[int, int]:
 
 
 class OutageBuffer:
-    """FIFO bounded by messages and bytes, counting queued plus in-flight entries.
+    """FIFO bounded by messages and bytes, counting queued, retried and in-flight entries.
 
-    When a new entry does not fit, the oldest *queued* entries are dropped (never the batch in
-    flight, whose fate is unknown until the flush returns); if nothing queued is left to drop,
-    the new entry is dropped instead. Either way the caller gets the dropped entries to count.
+    When a new entry does not fit, the oldest *fresh* entries are dropped: never the batch in
+    flight, and never entries a failed flush had sent (``retry``): their fate is unknown (the
+    server may have written them before the connection broke), so dropping them would make
+    ``dropped`` count messages a consumer actually got. If no fresh entry is left to drop, the
+    new entry is dropped instead. Either way the caller gets the dropped entries to count, and
+    a dropped entry is one that never reached Redis.
     """
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.retry: deque[Item] = deque()
         self.queue: deque[Item] = deque()
         self.queued_bytes = 0
         self.inflight_messages = 0
         self.inflight_bytes = 0
 
     @property
+    def queued(self) -> int:
+        """Entries waiting for a flush (retried ones first)."""
+        return len(self.retry) + len(self.queue)
+
+    @property
     def messages(self) -> int:
-        return len(self.queue) + self.inflight_messages
+        return self.queued + self.inflight_messages
 
     @property
     def nbytes(self) -> int:
@@ -102,8 +111,11 @@ class OutageBuffer:
         return dropped
 
     def take(self, n: int) -> list[Item]:
-        """Moves up to ``n`` entries from the head into flight."""
-        batch = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
+        """Moves up to ``n`` entries from the head (retried entries first) into flight."""
+        batch: list[Item] = []
+        for source in (self.retry, self.queue):
+            while source and len(batch) < n:
+                batch.append(source.popleft())
         nbytes = sum(i.nbytes for i in batch)
         self.queued_bytes -= nbytes
         self.inflight_messages += len(batch)
@@ -116,10 +128,11 @@ class OutageBuffer:
         self.inflight_bytes -= sum(i.nbytes for i in batch)
 
     def requeue(self, batch: list[Item]) -> None:
-        """Puts in-flight entries back at the head, in their order, to be retried."""
+        """Puts in-flight entries back at the head, in their order, to be retried first."""
         self.done(batch)
-        self.queue.extendleft(reversed(batch))
+        self.retry.extendleft(reversed(batch))
         self.queued_bytes += sum(i.nbytes for i in batch)
 
     def oldest_enqueued_s(self) -> float | None:
-        return self.queue[0].enqueued_s if self.queue else None
+        head = self.retry or self.queue
+        return head[0].enqueued_s if head else None

@@ -48,10 +48,11 @@ class RedisSinkConfig:
     flush_interval_ms: the longest a message waits in the sink before its flush starts, when
         Redis is up. Lower: less latency, more round trips (each is ~50-100 us of CPU).
     max_batch_messages: messages per pipelined round trip; a full batch flushes at once.
-    max_buffer_messages / max_buffer_bytes: the outage buffer (queued plus in flight). When
-        either is hit, the oldest queued message is dropped and counted
-        (``dropped["buffer_full"]``): live consumers want the newest frames. Size it as
-        ``outage_s x cameras x fps`` messages of ~2-3 KB (20 objects).
+    max_buffer_messages / max_buffer_bytes: the outage buffer (queued plus in flight; bytes
+        of JSON). When either is hit, the oldest queued message is dropped and counted
+        (``dropped["buffer_full"]``): live consumers want the newest frames. Messages a failed
+        flush had sent are kept (Redis may have them), so the count is exact. Size it as
+        ``outage_s x cameras x fps`` messages of ~3 KB (20 objects).
     reconnect_backoff_min_s / reconnect_backoff_max_s: wait between reconnect attempts,
         doubling from min to max, with +-20 % jitter so many edge boxes do not reconnect in
         lockstep. After an outage, the buffer is written within about max of this.

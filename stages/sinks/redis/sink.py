@@ -113,13 +113,13 @@ class RedisSink:
             items.append(Item(pending, key, ms, seq, now, nbytes=pending.nbytes))
         dropped: list[Item] = []
         with self._cond:
-            was_empty = not self._buffer.queue
+            was_empty = not self._buffer.queued
             for item in items:
                 self._ids.assign(item)
                 dropped += self._buffer.put(item)
             if dropped:
                 self.dropped["buffer_full"] += len(dropped)
-            if was_empty or len(self._buffer.queue) >= cfg.max_batch_messages:
+            if was_empty or self._buffer.queued >= cfg.max_batch_messages:
                 self._cond.notify()
         if dropped:
             self._log_drops(len(dropped))
@@ -221,13 +221,13 @@ class RedisSink:
         with self._cond:
             while True:
                 if self._stop.is_set():
-                    if not self._buffer.queue or time.monotonic() >= self._close_deadline:
+                    if not self._buffer.queued or time.monotonic() >= self._close_deadline:
                         return None
                     return self._buffer.take(self.config.max_batch_messages)
                 oldest = self._buffer.oldest_enqueued_s()
                 if oldest is not None:
                     wait_s = oldest + interval_s - time.monotonic()
-                    if wait_s <= 0 or len(self._buffer.queue) >= self.config.max_batch_messages:
+                    if wait_s <= 0 or self._buffer.queued >= self.config.max_batch_messages:
                         return self._buffer.take(self.config.max_batch_messages)
                 else:
                     wait_s = None
@@ -330,7 +330,7 @@ class RedisSink:
                 self._ids.restart_above(key, parse_id(info["last-generated-id"]))
             for item in regressed:  # then everything queued for those keys, in order
                 self._ids.assign(item)
-            for item in self._buffer.queue:
+            for item in (*self._buffer.retry, *self._buffer.queue):
                 if item.key in keys:
                     self._ids.assign(item)
             self.reassigned_ids += len(regressed)
