@@ -70,8 +70,7 @@ class TrackerConfig:
     """After the first two passes, leftover high-score detections are matched to still-unmatched
     confirmed tracks by IoU with the track's *last observed* box rather than its prediction
     (OC-SORT's observation-centric recovery): an object that stopped while occluded, or whose
-    prediction drifted, gets its id back. Minimum IoU for that match; 1.0 effectively
-    disables it."""
+    prediction drifted, gets its id back. Minimum IoU for that match; 1.0 disables the pass."""
 
     min_box_area: float = 10.0
     """Detections smaller than this (pixels², source image) are ignored: tiny boxes are mostly

@@ -7,11 +7,14 @@ Per frame (`Tracker.update`):
    score-fused IoU plus a velocity-direction consistency bonus (OC-SORT's OCM).
 3. Second pass (BYTE): low-score detections against the still-unmatched *tracked* tracks, by
    plain IoU — occluded objects stay tracked on weak detections.
-4. Third pass: leftover high-score detections against tentative tracks; a tentative track that
+4. Last-box pass: leftover high-score detections against still-unmatched confirmed tracks, by
+   IoU with the track's last *observed* box (OC-SORT's OCR) — for objects whose prediction
+   drifted while they were hidden.
+5. Tentative pass: leftover high-score detections against tentative tracks; a tentative track that
    reaches ``min_hits`` is confirmed and gets its id. Unmatched tentative tracks are dropped.
-5. Matched tracks that had been lost are first re-run along a straight virtual path from their
+6. Matched tracks that had been lost are first re-run along a straight virtual path from their
    last observation (OC-SORT's ORU), then every match updates its filter.
-6. Leftover detections above ``new_track_score`` start tentative tracks; lost tracks older than
+7. Leftover detections above ``new_track_score`` start tentative tracks; lost tracks older than
    ``lost_track_seconds`` are removed — and dropped from memory.
 
 All state lives in flat numpy columns on the instance (one row per live track), so the work per
