@@ -234,9 +234,9 @@ def quantize_onnx(
         find the nodes whose values overflow float16 and keeps those in FP32. None falls
         back to synthetic frames (with a warning for INT8: poor scales for production).
     num_calib: frames to use, evenly spaced over the source; default 32 for int8 (more give
-        more robust ranges, at ~5 s per frame of CPU calibration for YOLO-NAS S and 4.9 MB
-        per float frame at 640x640), 4 for fp16 (AutoCast keeps every intermediate tensor of
-        every frame in memory, and only needs to see the value ranges).
+        more robust ranges, at ~8 s per frame of calibration for YOLO-NAS S on a 2-core CPU,
+        and 4.9 MB per float frame at 640x640), 4 for fp16 (AutoCast keeps every
+        intermediate tensor of every frame in memory, and only needs the value ranges).
     calibration_method: "entropy" (default; ignores rare outliers, usually better for
         detection) or "max" (keeps the full range; safer when outliers matter).
     high_precision_dtype: type of the layers INT8 leaves unquantized: "fp16" (fastest on
