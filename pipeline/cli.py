@@ -8,6 +8,8 @@ import os
 import sys
 
 from stages.detect import cli as detect_cli
+from stages.sinks import cli as sinks_cli
+from stages.track import cli as track_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,12 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     detect_cli.add_parsers(sub)
-    try:
-        from stages.track import cli as track_cli
-    except ImportError:  # the tracker lands in its own change
-        pass
-    else:
-        track_cli.add_parsers(sub)
+    track_cli.add_parsers(sub)
+    sinks_cli.add_parsers(sub)
     return parser
 
 
