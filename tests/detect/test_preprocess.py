@@ -35,9 +35,7 @@ def _ramp(h: int, w: int) -> np.ndarray:
         ((100, 50), (636, 318), (2, 161)),  # upscaling
     ],
 )
-def test_geometry(
-    hw: tuple[int, int], resized_hw: tuple[int, int], pads: tuple[int, int]
-) -> None:
+def test_geometry(hw: tuple[int, int], resized_hw: tuple[int, int], pads: tuple[int, int]) -> None:
     new_h, new_w, meta = letterbox_geometry(*hw)
     assert (new_h, new_w) == resized_hw
     assert (meta.pad_top, meta.pad_left) == pads

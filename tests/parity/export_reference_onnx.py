@@ -90,8 +90,11 @@ def export(variant: str, out_dir: Path) -> None:
         boxes, scores = sess.run(OUTPUT_NAMES, inputs)
         db = float(np.abs(boxes[:1] - ref_boxes.numpy()).max())
         ds = float(np.abs(scores[:1] - ref_scores.numpy()).max())
-        print(f"{path}: outputs {boxes.shape} {scores.shape}; vs eager: boxes {db:.3g} px, "
-              f"scores {ds:.3g}", flush=True)
+        print(
+            f"{path}: outputs {boxes.shape} {scores.shape}; vs eager: boxes {db:.3g} px, "
+            f"scores {ds:.3g}",
+            flush=True,
+        )
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ tests rebuild the same inputs and only the reference's answers are stored:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import sys
@@ -89,8 +90,10 @@ def delta_code(u8: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    GOLDEN.mkdir(exist_ok=True)
+    ap = argparse.ArgumentParser(description="Write the parity goldens from super-gradients.")
+    ap.add_argument("--out", type=Path, default=GOLDEN, help="default: tests/parity/golden")
+    out = ap.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
     processor = default_yolo_nas_coco_processing_params()["image_processor"]
 
     meta: dict[str, object] = {
@@ -130,14 +133,14 @@ def main() -> None:
             "letterbox_u8_sha256": hashlib.sha256(u8.tobytes()).hexdigest(),
             "float_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
         }
-    np.savez_compressed(GOLDEN / "letterbox.npz", **letterboxes)
+    np.savez_compressed(out / "letterbox.npz", **letterboxes)
 
     # 2. Models: keys, raw outputs, final detections.
     for variant in VARIANTS:
         model, info = build(variant)
         if variant == VARIANTS[0]:
             meta["predict_defaults"] = predict_defaults(model)
-        (GOLDEN / f"keys_{variant}.json").write_text(json.dumps(info["keys"], indent=0) + "\n")
+        (out / f"keys_{variant}.json").write_text(json.dumps(info["keys"], indent=0) + "\n")
         callback = PPYoloEPostPredictionCallback(
             score_threshold=CONF,
             nms_threshold=IOU,
@@ -191,7 +194,7 @@ def main() -> None:
                 "scores_class_mean": s.astype(np.float64).mean(axis=0).tolist(),
             }
             print(variant, name, "rows", idx.size, "dets", n_pred, flush=True)
-        np.savez_compressed(GOLDEN / f"raw_{variant}.npz", **arrays)
+        np.savez_compressed(out / f"raw_{variant}.npz", **arrays)
         meta["models"][variant] = model_meta  # type: ignore[index]
 
     # 3. Postprocessing stress cases.
@@ -199,21 +202,21 @@ def main() -> None:
     for case, prm in STRESS_CASES.items():
         boxes_np, scores_np = stress_outputs(case)
         cb = PPYoloEPostPredictionCallback(
-            score_threshold=float(prm["conf"]),  # type: ignore[arg-type]
-            nms_threshold=float(prm["iou"]),  # type: ignore[arg-type]
-            nms_top_k=int(prm["top_k"]),  # type: ignore[call-overload]
-            max_predictions=int(prm["max_det"]),  # type: ignore[call-overload]
-            multi_label_per_box=bool(prm["multi_label"]),
-            class_agnostic_nms=bool(prm["agnostic"]),
+            score_threshold=prm.conf,
+            nms_threshold=prm.iou,
+            nms_top_k=prm.top_k,
+            max_predictions=prm.max_det,
+            multi_label_per_box=prm.multi_label,
+            class_agnostic_nms=prm.agnostic,
         )
-        out = cb(((torch.from_numpy(boxes_np), torch.from_numpy(scores_np)), None))[0]
-        stress[case] = out.numpy().astype(np.float32)
-        print("stress", case, "->", len(out), flush=True)
-    np.savez_compressed(GOLDEN / "stress.npz", **stress)
+        res = cb(((torch.from_numpy(boxes_np), torch.from_numpy(scores_np)), None))[0]
+        stress[case] = res.numpy().astype(np.float32)
+        print("stress", case, "->", len(res), flush=True)
+    np.savez_compressed(out / "stress.npz", **stress)
 
-    (GOLDEN / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    total = sum(f.stat().st_size for f in GOLDEN.iterdir())
-    print(f"golden: {total / 1e6:.2f} MB in {GOLDEN}")
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    total = sum(f.stat().st_size for f in out.iterdir())
+    print(f"golden: {total / 1e6:.2f} MB in {out}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ Only numpy and the standard library may be imported here: this file runs in both
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
 
+import numpy as np
 from det_weights import uniform01
 
 # name -> (height, width); "predict" is the frame used for the end-to-end predict parity.
@@ -64,20 +65,30 @@ def image(name: str) -> np.ndarray:
 
 # Postprocessing stress cases: raw model outputs made up from the hash, fed to the reference's
 # post-prediction callback by make_golden.py and to ours by the tests. Nothing but the results
-# needs storing. name -> generator and callback parameters.
-STRESS_CASES: dict[str, dict[str, object]] = {
+# needs storing.
+@dataclass(frozen=True)
+class StressCase:
+    n: int  # anchors
+    c: int  # classes
+    clusters: int  # anchors are spread over this many box clusters
+    hot: float  # fraction of anchors scoring high on their cluster's class
+    background: float  # every score also gets U(0, background)
+    conf: float
+    iou: float
+    top_k: int
+    max_det: int
+    multi_label: bool
+    agnostic: bool
+
+
+STRESS_CASES: dict[str, StressCase] = {
     # > top_k candidates: top-k, then 1024 boxes -> torchvision's per-class ("vanilla") path
-    "dense": dict(n=8400, c=80, clusters=150, hot=0.35, background=0.26, conf=0.25, iou=0.7, top_k=1024,
-                  max_det=300, multi_label=True, agnostic=False),
+    "dense": StressCase(8400, 80, 150, 0.35, 0.26, 0.25, 0.7, 1024, 300, True, False),
     # < 1000 candidates -> torchvision's coordinate-offset path
-    "sparse": dict(n=8400, c=80, clusters=60, hot=0.04, background=0.2, conf=0.25, iou=0.7, top_k=1024,
-                   max_det=300, multi_label=True, agnostic=False),
-    "single_label": dict(n=8400, c=80, clusters=150, hot=0.35, background=0.26, conf=0.25, iou=0.7, top_k=1024,
-                         max_det=300, multi_label=False, agnostic=False),
-    "agnostic_low_iou": dict(n=8400, c=80, clusters=80, hot=0.1, background=0.31, conf=0.3, iou=0.5, top_k=500,
-                             max_det=100, multi_label=True, agnostic=True),
-    "few_classes_max_det": dict(n=2100, c=3, clusters=40, hot=0.5, background=0.22, conf=0.2, iou=0.6,
-                                top_k=1024, max_det=50, multi_label=True, agnostic=False),
+    "sparse": StressCase(8400, 80, 60, 0.04, 0.2, 0.25, 0.7, 1024, 300, True, False),
+    "single_label": StressCase(8400, 80, 150, 0.35, 0.26, 0.25, 0.7, 1024, 300, False, False),
+    "agnostic_low_iou": StressCase(8400, 80, 80, 0.1, 0.31, 0.3, 0.5, 500, 100, True, True),
+    "few_classes_max_det": StressCase(2100, 3, 40, 0.5, 0.22, 0.2, 0.6, 1024, 50, True, False),
 }
 
 
@@ -89,9 +100,7 @@ def stress_outputs(name: str) -> tuple[np.ndarray, np.ndarray]:
     on all classes (some above conf: multi-label candidates).
     """
     case = STRESS_CASES[name]
-    n, c, k = int(case["n"]), int(case["c"]), int(case["clusters"])  # type: ignore[call-overload]
-    hot = float(case["hot"])  # type: ignore[arg-type]
-    background = float(case["background"])  # type: ignore[arg-type]
+    n, c, k, hot, background = case.n, case.c, case.clusters, case.hot, case.background
     key = f"stress:{name}"
     cl = uniform01(key + ":clusters", k * 5).reshape(k, 5)
     cx, cy = 20.0 + 600.0 * cl[:, 0], 20.0 + 600.0 * cl[:, 1]
