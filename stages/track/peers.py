@@ -13,6 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from stages.track.config import TrackerConfig
+from stages.track.tracker import Tracker
+
 # One frame in: boxes (N, 4) xyxy float32, scores (N,) float32. Out: ids, boxes, scores.
 FrameResult = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -36,11 +39,11 @@ class Peer:
     make: Callable[[float], PeerRun]
 
 
-def edgestream_peer() -> Peer:
-    from stages.track.tracker import Tracker
+def edgestream_peer(config: TrackerConfig | None = None) -> Peer:
+    """edgestream's `Tracker`, with ``config`` (default: the product defaults)."""
 
     def make(fps: float) -> PeerRun:
-        tracker = Tracker(frame_rate_hz=fps)
+        tracker = Tracker(config, frame_rate_hz=fps)
         frame = [0]
 
         def prepare(boxes: np.ndarray, scores: np.ndarray) -> tuple:
