@@ -54,7 +54,6 @@ BRANCH_GAIN = 0.6  # QARepVGG's 3x3 and 1x1 branches are summed: each gets this 
 REG_WEIGHT_GAIN = 1.0  # the box-distribution logits' weight gain (relative to CONV_GAIN)
 REG_BIN_SLOPE = 0.3  # reg_pred bias = -slope * bin: favours short distances, i.e. varied box sizes
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
