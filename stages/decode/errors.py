@@ -34,7 +34,7 @@ def describe_error(exc: BaseException, cfg: CameraConfig, during: str) -> str:
     elif isinstance(exc, av.error.InvalidDataError) and during == "connect":
         hint = (
             f"no valid media within {cfg.open_timeout_s:g} s "
-            "(the server answered with nothing usable, or the input is corrupt)"
+            "(a silent server, not a media server, or corrupt input)"
         )
     elif isinstance(exc, av.error.FileNotFoundError | FileNotFoundError):
         hint = "no such file or device"

@@ -2,10 +2,13 @@
 
 Every blocking FFmpeg call made through the container returned here is bounded: PyAV's
 ``timeout=(open_s, read_s)`` installs FFmpeg's interrupt callback, which aborts connecting,
-probing and every later read (FFmpeg 8 ignores the old ``stimeout`` option; the RTSP socket
-``timeout`` option, in microseconds, is set too, as a second guard on the TCP reads). Measured
-with FFmpeg 8 on a SIGSTOPped RTSP server: the read gives up after about twice ``read_s``, which
-is why stall *detection* is the watchdog's job (:mod:`stages.decode.source`), not FFmpeg's.
+probing and every later read. FFmpeg 8 ignores the old ``stimeout`` option; its RTSP socket
+``timeout`` option (µs) is deliberately not set: it also cuts the handshake short at the read
+timeout (a silent port failed after ``read_timeout_s``, not ``open_timeout_s``) and adds
+nothing to the interrupt callback once streaming. Measured with FFmpeg 8 on a SIGSTOPped RTSP
+server: the read gives up after about twice ``read_s``, which is why stall *detection* is the
+watchdog's job (:mod:`stages.decode.source`), not FFmpeg's. For HTTP, ``rw_timeout`` (µs)
+bounds each socket read, as HTTP has no interrupt-aware retry loop of its own.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ def demuxer_options(cfg: CameraConfig) -> tuple[str | None, dict[str, str]]:
     if cfg.kind == "rtsp":
         opts = {
             "rtsp_transport": cfg.transport,
-            "timeout": read_us,  # socket I/O timeout (µs) on the RTSP TCP connection
             "allowed_media_types": "video",  # do not set up (or pay for) audio
             "max_delay": "500000",  # µs the RTP reorder buffer may wait (UDP)
         }

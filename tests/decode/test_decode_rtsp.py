@@ -46,7 +46,8 @@ def test_live_stream_frames_rgb_and_rtcp_capture_time(rtsp_factory, camera) -> N
     rate = sink.rate(t0, time.monotonic())
     assert 22 < rate < 28, rate
     st = src.stats()
-    assert st.state == S.STREAMING and st.frames_forwarded == st.frames_decoded
+    assert st.state == S.STREAMING and st.frames_skipped == 0
+    assert st.frames_decoded - 1 <= st.frames_forwarded <= st.frames_decoded  # one in flight
 
 
 def test_looped_clip_keeps_streaming(rtsp_factory, camera, tmp_path) -> None:
