@@ -48,6 +48,8 @@ class RealtimeClock:
     try to catch up by bursting beyond what the decoder gives.
     """
 
+    MAX_SLEEP_S = 3.0
+
     def __init__(self, stop: threading.Event) -> None:
         self._stop = stop
         self._anchor: tuple[float, float] | None = None  # (monotonic, media time)
@@ -61,7 +63,7 @@ class RealtimeClock:
             self._anchor = (now, t)
             return
         delay = self._anchor[0] + (t - self._anchor[1]) - now
-        if delay > 1.0 + 2.0:  # timestamp jump: re-anchor instead of sleeping for ages
+        if delay > self.MAX_SLEEP_S:  # timestamp jump: re-anchor instead of sleeping for ages
             self._anchor = (now, t)
         elif delay > 0:
             self._stop.wait(delay)
