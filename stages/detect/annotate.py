@@ -17,7 +17,7 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi"})
 def _colour(class_id: int) -> tuple[int, int, int]:
     # A fixed, well-spread hue per class so the same class keeps its colour across frames.
     hue = (class_id * 47) % 180
-    hsv = np.uint8([[[hue, 200, 255]]])
+    hsv = np.array([[[hue, 200, 255]]], dtype=np.uint8)
     r, g, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]
     return int(r), int(g), int(b)
 

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,7 +206,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
                 summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing"
                 print(f"{frame.name} #{frame.index}: {summary}")
 
-    frames = itertools.chain([first], frames_iter)
+    frames: Iterator[Any] = itertools.chain([first], frames_iter)
     if args.max_frames:
         frames = itertools.islice(frames, args.max_frames)
     pending: list[Any] = []
