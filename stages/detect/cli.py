@@ -170,6 +170,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise SystemExit("error: --batch must be at least 1")
     frames_iter = iter_frames(args.source)  # validates the source before loading a model
     first = next(frames_iter)
+    for out_path in (args.json, args.save):
+        if out_path is not None:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
     detector = Detector(_open_backend(args))
     names = detector.class_names
     records: list[dict[str, Any]] = []
