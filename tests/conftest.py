@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 # tests/ has no __init__.py: make the helpers that live beside the tests importable.
-for sub in ("parity",):
+for sub in ("parity", "detect"):
     p = str(REPO / "tests" / sub)
     if p not in sys.path:
         sys.path.insert(0, p)

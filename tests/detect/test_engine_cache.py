@@ -18,8 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
-from torch import nn
+from tiny_detector import TinyDetector
 
 from stages.detect.backends.tensorrt_backend import (
     TensorRTError,
@@ -433,23 +432,6 @@ def test_plan_build_rejects_old_tensorrt() -> None:
 # -- ONNX inspection ----------------------------------------------------------------------
 
 
-class Tiny(nn.Module):
-    """A 2-layer 'detector' with YOLO-NAS's output contract, for fast exports."""
-
-    def __init__(self, num_classes: int = 3) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 4, 1), nn.ReLU(), nn.Conv2d(8, 4 + num_classes, 3, 2, 1)
-        )
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.body(x).flatten(2).transpose(1, 2)  # (B, N, 4 + C)
-        xy = y[..., :2].sigmoid() * x.shape[-1]
-        wh = y[..., 2:4].sigmoid() * 16 + 1
-        return torch.cat([xy - wh, xy + wh], -1), y[..., 4:].sigmoid()
-
-
 @pytest.mark.parametrize(
     ("kwargs", "dtype", "shape0", "nms"),
     [
@@ -463,7 +445,11 @@ def test_inspect_onnx(tmp_path: Path, kwargs: dict, dtype: str, shape0: object, 
     from stages.detect.export import export_onnx
 
     path = export_onnx(
-        Tiny(), tmp_path / "t.onnx", input_hw=(64, 64), class_names=["a", "b", "c"], **kwargs
+        TinyDetector(),
+        tmp_path / "t.onnx",
+        input_hw=(64, 64),
+        class_names=["a", "b", "c"],
+        **kwargs,
     )
     facts = inspect_onnx(path)
     assert facts.input_name == "images" and facts.input_dtype == dtype

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from tiny_detector import TinyDetector
 
 from stages.detect.engine_cache import inspect_onnx
 from stages.detect.export import export_onnx
@@ -43,45 +43,23 @@ needs_modelopt = pytest.mark.skipif(
 )
 
 
-class Tiny(nn.Module):
-    """A small conv 'detector' with YOLO-NAS's output contract; exports in ~1 s."""
-
-    def __init__(self, num_classes: int = 3) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(16, 16, 3, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(16, 4 + num_classes, 3, 2, 1),
-        )
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.rand(p.shape, generator=g) * 0.6 - 0.3)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.body(x).flatten(2).transpose(1, 2)  # (B, N, 4 + C)
-        xy = y[..., :2].sigmoid() * x.shape[-1]
-        wh = y[..., 2:4].sigmoid() * 8 + 2
-        return torch.cat([xy - wh, xy + wh], -1), y[..., 4:].sigmoid()
-
-
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("tiny")
     names = ["a", "b", "c"]
     return {
-        "float": export_onnx(Tiny(), d / "float.onnx", input_hw=(64, 64), class_names=names),
+        "float": export_onnx(
+            TinyDetector(), d / "float.onnx", input_hw=(64, 64), class_names=names
+        ),
         "uint8": export_onnx(
-            Tiny(),
+            TinyDetector(),
             d / "uint8.onnx",
             input_hw=(64, 64),
             input_dtype="uint8",
             dynamic_batch=True,
             class_names=names,
         ),
-        "trt_nms": export_onnx(Tiny(), d / "nms.onnx", input_hw=(64, 64), nms="tensorrt"),
+        "trt_nms": export_onnx(TinyDetector(), d / "nms.onnx", input_hw=(64, 64), nms="tensorrt"),
     }
 
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
+from tiny_detector import TinyDetector
 
 from stages.detect.backends.tensorrt_backend import TensorRTBackend, TensorRTError
 from stages.detect.engine_cache import (
@@ -40,30 +39,6 @@ NAMES = ["a", "b", "c"]
 PARAMS = NMSParams(conf=0.25, iou=0.7)
 
 
-class Tiny(nn.Module):
-    """A small conv 'detector' with YOLO-NAS's output contract."""
-
-    def __init__(self, num_classes: int = 3) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.body = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(16, 16, 3, 2, 1),
-            nn.ReLU(),
-            nn.Conv2d(16, 4 + num_classes, 3, 2, 1),
-        )
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.rand(p.shape, generator=g) * 0.6 - 0.3)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.body(x).flatten(2).transpose(1, 2)
-        xy = y[..., :2].sigmoid() * x.shape[-1]
-        wh = y[..., 2:4].sigmoid() * 8 + 2
-        return torch.cat([xy - wh, xy + wh], -1), y[..., 4:].sigmoid()
-
-
 @pytest.fixture(scope="module")
 def trt() -> object:
     return pytest.importorskip("tensorrt", reason="pip install edgestream[tensorrt] (GPU only)")
@@ -73,9 +48,9 @@ def trt() -> object:
 def onnx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("onnx")
     kw = {"input_hw": HW, "class_names": NAMES, "dynamic_batch": True, "arch": "tiny"}
-    export_onnx(Tiny(), d / "float.onnx", **kw)
-    export_onnx(Tiny(), d / "uint8.onnx", input_dtype="uint8", **kw)
-    export_onnx(Tiny(), d / "nms.onnx", nms="tensorrt", nms_params=PARAMS, **kw)
+    export_onnx(TinyDetector(), d / "float.onnx", **kw)
+    export_onnx(TinyDetector(), d / "uint8.onnx", input_dtype="uint8", **kw)
+    export_onnx(TinyDetector(), d / "nms.onnx", nms="tensorrt", nms_params=PARAMS, **kw)
     return d
 
 
