@@ -114,8 +114,28 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--precision", choices=("fp16", "int8"), required=True)
     p.add_argument("--calib", type=Path, help="video file or folder of images (int8)")
-    p.add_argument("--num-calib", type=int, default=64, help="calibration frames")
+    p.add_argument(
+        "--num-calib", type=int, help="calibration frames (default: 32 for int8, 4 for fp16)"
+    )
+    p.add_argument("--method", choices=("entropy", "max"), default="entropy", help="int8 calib")
+    p.add_argument(
+        "--high-precision",
+        choices=("fp16", "fp32"),
+        default="fp16",
+        help="int8: precision of the layers left unquantized",
+    )
     p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser(
+        "quantize-check",
+        help="detection agreement of an FP16/INT8 ONNX with its FP32 original (ONNX Runtime)",
+    )
+    p.add_argument("fp32_onnx", type=Path)
+    p.add_argument("other_onnx", type=Path)
+    p.add_argument("--images", type=Path, help="video or image folder (default: synthetic)")
+    p.add_argument("--num-images", type=int, default=16)
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (0..1)")
+    p.set_defaults(func=cmd_quantize_check)
 
     p = sub.add_parser(
         "build-engine",
@@ -263,9 +283,30 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.precision == "int8" and args.calib is None:
         raise SystemExit("error: --precision int8 needs --calib VIDEO_OR_IMAGE_FOLDER")
     path = quantize_onnx(
-        args.onnx, args.output, args.precision, calib=args.calib, num_calib=args.num_calib
+        args.onnx,
+        args.output,
+        args.precision,
+        calib=args.calib,
+        num_calib=args.num_calib,
+        calibration_method=args.method,
+        high_precision_dtype=args.high_precision,
     )
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_quantize_check(args: argparse.Namespace) -> int:
+    from stages.detect.quantize import agreement
+    from stages.detect.types import NMSParams
+
+    result = agreement(
+        args.fp32_onnx,
+        args.other_onnx,
+        args.images,
+        num_images=args.num_images,
+        nms_params=NMSParams(conf=args.conf),
+    )
+    print(json.dumps(result, indent=2))
     return 0
 
 

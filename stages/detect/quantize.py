@@ -535,51 +535,6 @@ def agreement(
     return result
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m stages.detect.quantize {convert,agree} ...`` (see ``--help``)."""
-    import argparse
-    import json
-
-    ap = argparse.ArgumentParser(prog="python -m stages.detect.quantize", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="write an FP16 (AutoCast) or INT8 (Q/DQ) ONNX")
-    c.add_argument("onnx")
-    c.add_argument("output")
-    c.add_argument("--precision", choices=["fp16", "int8"], required=True)
-    c.add_argument("--calib", help="video file or image folder (default: synthetic frames)")
-    c.add_argument("--num-calib", type=int, help="default: 32 for int8, 4 for fp16")
-    c.add_argument("--method", choices=["entropy", "max"], default="entropy")
-    c.add_argument("--high-precision", choices=["fp16", "fp32"], default="fp16")
-    a = sub.add_parser("agree", help="detection agreement of OTHER with FP32 on ORT CPU")
-    a.add_argument("fp32_onnx")
-    a.add_argument("other_onnx")
-    a.add_argument("--images", help="video file or image folder (default: synthetic frames)")
-    a.add_argument("--num-images", type=int, default=16)
-    a.add_argument("--conf", type=float, default=NMSParams().conf)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.cmd == "convert":
-        quantize_onnx(
-            args.onnx,
-            args.output,
-            args.precision,
-            calib=args.calib,
-            num_calib=args.num_calib,
-            calibration_method=args.method,
-            high_precision_dtype=args.high_precision,
-        )
-    else:
-        m = agreement(
-            args.fp32_onnx,
-            args.other_onnx,
-            args.images,
-            num_images=args.num_images,
-            nms_params=NMSParams(conf=args.conf),
-        )
-        print(json.dumps(m, indent=2))
-    return 0
-
-
 __all__ = [
     "OrtModel",
     "QuantizeError",
@@ -596,6 +551,3 @@ __all__ = [
     "read_video_frames",
     "synthetic_frames",
 ]
-
-if __name__ == "__main__":
-    raise SystemExit(main())
