@@ -609,12 +609,12 @@ def tuning_mismatch(key: EngineKey, *, gpu_name: str) -> str | None:
     return None
 
 
-def import_tensorrt() -> Any:
-    """``import tensorrt`` with an error that says how to get it."""
+def import_tensorrt(error: type[Exception] = EngineCacheError) -> Any:
+    """``import tensorrt``, raising ``error`` with a message that says how to get it."""
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise EngineCacheError(f"TensorRT is not installed: {TRT_INSTALL_HINT}") from e
+        raise error(f"TensorRT is not installed: {TRT_INSTALL_HINT}") from e
     return trt
 
 

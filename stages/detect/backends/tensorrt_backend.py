@@ -36,9 +36,9 @@ import numpy as np
 
 from stages.detect.engine_cache import (
     MIN_ENGINE_BYTES,
-    TRT_INSTALL_HINT,
     EngineSidecar,
     compatibility_problems,
+    import_tensorrt,
     make_trt_logger,
     read_sidecar,
     sidecar_path,
@@ -107,14 +107,6 @@ def slice_efficient_nms(
     return out
 
 
-def _import_trt() -> Any:
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise TensorRTError(f"TensorRT is not installed: {TRT_INSTALL_HINT}") from e
-    return trt
-
-
 def _torch_dtype(trt: Any, dtype: Any) -> Any:
     import torch
 
@@ -163,7 +155,7 @@ class TensorRTBackend:
         self.nms_params = nms_params or NMSParams()
         self.device = torch.device("cuda", device)
         self.engine_path = Path(engine_path)
-        trt = _import_trt()
+        trt = import_tensorrt(TensorRTError)
         if not torch.cuda.is_available():
             raise TensorRTError(
                 "no CUDA device: the TensorRT backend needs an NVIDIA GPU and driver "
