@@ -115,7 +115,8 @@ def _tail(conn: Connection, template: str, args: argparse.Namespace, out: TextIO
         if time.monotonic() >= next_scan:
             for key in _stream_keys(client, template, cameras):
                 # Streams found after the first scan are new: read them from their start.
-                cursors.setdefault(key, start if first_scan else "0-0")
+                if key not in cursors:
+                    cursors[key] = _last_id(client, key) if start == "$" and first_scan else "0-0"
             first_scan = False
             next_scan = time.monotonic() + 2.0
         if not cursors:
@@ -135,6 +136,17 @@ def _tail(conn: Connection, template: str, args: argparse.Namespace, out: TextIO
                     return 0
         out.flush()
     return 0
+
+
+def _last_id(client: redis.Redis, key: str) -> str:
+    """The stream's newest entry id now, resolved once.
+
+    Passing ``$`` to every ``XREAD`` would re-resolve it on each call, so whatever arrived
+    between two calls (while the previous reply was being printed, or after a timeout) would
+    be skipped.
+    """
+    last = cast(list[tuple[bytes, Any]], client.xrevrange(key, count=1))
+    return last[0][0].decode() if last else "0-0"
 
 
 def _stream_keys(client: redis.Redis, template: str, cameras: set[str]) -> list[str]:

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import redis
 from conftest import make_frame
 from redis_server import RedisServer
 
@@ -45,13 +46,27 @@ def test_tail_json_from_start_and_camera_filter(
     assert {(d["type"], d["kind"]) for d in docs} == {("track_event", "new")}
 
 
+def _wait_for_blocked_xread(url: str, timeout_s: float = 10.0) -> None:
+    """Waits until tail has resolved its cursors and sits in ``XREAD BLOCK``."""
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if any(c.get("cmd") == "xread" for c in client.client_list()):
+                return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise AssertionError("tail never reached XREAD")
+
+
 def test_tail_live_table(redis_server: RedisServer, capsys: pytest.CaptureFixture[str]) -> None:
     _publish(redis_server.url, ("old",), range(3))  # before tail starts: not shown
     result: list[int] = []
     argv = ["tail", "--url", redis_server.url, "--count", "4", "--timeout-s", "8"]
     thread = threading.Thread(target=lambda: result.append(cli.main(argv)))
     thread.start()
-    time.sleep(0.5)
+    _wait_for_blocked_xread(redis_server.url)
     _publish(redis_server.url, ("old",), range(3, 5))
     _publish(redis_server.url, ("new",), range(2))  # a camera that appears later
     thread.join(10)
