@@ -1,0 +1,185 @@
+"""The stage contract and the loop that runs one stage between its sockets.
+
+A stage knows nothing of sockets::
+
+    class Stage(Protocol):
+        def setup(self) -> None: ...                           # open models, connections
+        def process(self, msg) -> Iterable[Message]: ...       # one input -> zero or more outputs
+        def close(self) -> Iterable[Message] | None: ...       # flush what it holds, release
+        # optional: def tick(self, now: float) -> Iterable[Message]   (time-driven output,
+        #           e.g. a batch deadline), called every poll_interval_ms (attribute, default 50)
+
+`run_stage` owns the rest: it receives, calls the stage, routes each output to a `Sender`,
+sends it blocking or not (per message: offline cameras block and lose nothing, live ones drop
+and count), counts, and exits when ``stop`` is set: it stops reading, calls ``close()`` (and a
+last ``tick``) and sends what they return, then returns. An exception in ``process()`` of one
+message is logged with the message's identity, counted, and turned into a `DropMsg` tombstone
+(reason ``error``) so downstream does not wait for that frame; it does not kill the stage —
+unless it is a `FatalStageError`, or ``max_consecutive_errors`` messages in a row failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from pipeline.messages import DropMsg, EndMsg, Message, MessageError, kind_of, seq_of
+from pipeline.transport import Receiver, Sender, StopFlag
+
+log = logging.getLogger(__name__)
+
+
+class FatalStageError(RuntimeError):
+    """Raised by a stage when it cannot go on (the process exits; the supervisor restarts it)."""
+
+
+@runtime_checkable
+class Stage(Protocol):
+    def setup(self) -> None: ...
+
+    def process(self, msg: Message) -> Iterable[Message]: ...
+
+    def close(self) -> Iterable[Message] | None: ...
+
+
+@dataclass
+class StageCounters:
+    """What `run_stage` counts; read it from another thread for metrics (plain ints/Counters).
+
+    received / sent: per camera. dropped: per (camera, reason) — ``queue_full`` when an output
+    refused a message, plus the `DropMsg` tombstones this stage received or produced.
+    errors: per camera, exceptions in ``process``. malformed: undecodable input messages.
+    """
+
+    received: Counter[str] = field(default_factory=Counter)
+    sent: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    malformed: int = 0
+    last_activity: float = field(default_factory=time.monotonic)
+
+
+Route = Callable[[Message], "Sender | None"]
+BlockPolicy = Callable[[Message], bool]
+
+
+def run_stage(
+    stage: Stage,
+    receiver: Receiver | None,
+    outputs: Sender | Sequence[Sender] | Route | None,
+    stop: StopFlag,
+    *,
+    name: str = "",
+    block: bool | BlockPolicy = False,
+    counters: StageCounters | None = None,
+    drain_timeout_s: float = 2.0,
+    max_consecutive_errors: int = 100,
+) -> StageCounters:
+    """Runs ``stage`` until ``stop`` is set; returns its counters.
+
+    outputs: one `Sender`; several (each output message goes to all of them); or a function
+        choosing the `Sender` for a message (None: discard it). None: the stage is a sink.
+    block: whether a send waits for room (True for offline edges), or a function of the
+        message (e.g. per camera). `EndMsg` always blocks: losing it would hang offline runs.
+    drain_timeout_s: on stop, how long blocking sends of the flushed messages may wait.
+    """
+    name = name or type(stage).__name__
+    c = counters if counters is not None else StageCounters()
+    route = _router(outputs)
+    blocking = block if callable(block) else (lambda _m, b=bool(block): b)
+    poll_ms = max(1, int(getattr(stage, "poll_interval_ms", 50)))
+    tick = getattr(stage, "tick", None)
+    failures = 0
+
+    def emit(out: Iterable[Message] | None, draining: bool = False) -> None:
+        for m in out or ():
+            senders = route(m)
+            if isinstance(m, DropMsg) and m.stage == name:
+                c.dropped[(m.camera_id, m.reason)] += 1
+            for s in senders:
+                must = isinstance(m, EndMsg) or blocking(m)
+                if draining:
+                    ok = s.send(m, block=must, timeout_s=drain_timeout_s, check_stop=False)
+                else:
+                    ok = s.send(m, block=must)
+                if ok:
+                    c.sent[m.camera_id] += 1
+                else:  # downstream sees a seq gap (its reordering times out on it)
+                    c.dropped[(m.camera_id, "queue_full")] += 1
+
+    stage.setup()
+    try:
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            if tick is not None and time.monotonic() >= next_tick:
+                emit(tick(time.time()))
+                next_tick = time.monotonic() + poll_ms / 1000
+            if receiver is None:
+                time.sleep(poll_ms / 1000)
+                continue
+            wait = poll_ms if tick is not None else 100
+            try:
+                msg = receiver.recv(timeout_ms=wait)
+            except MessageError as e:
+                c.malformed += 1
+                log.warning("%s: malformed message on %s dropped: %s", name, receiver.name, e)
+                continue
+            if msg is None:
+                continue
+            c.received[msg.camera_id] += 1
+            c.last_activity = time.monotonic()
+            if isinstance(msg, DropMsg) and msg.stage == receiver.name:
+                c.dropped[(msg.camera_id, msg.reason)] += 1
+            try:
+                out = list(stage.process(msg))
+            except FatalStageError:
+                raise
+            except Exception:
+                failures += 1
+                c.errors[msg.camera_id] += 1
+                log.exception(
+                    "%s: process() failed on %s camera=%s seq=%s frame_id=%s",
+                    name, kind_of(msg), msg.camera_id, seq_of(msg),
+                    getattr(msg, "frame_id", None),
+                )  # fmt: skip
+                if failures >= max_consecutive_errors:
+                    raise FatalStageError(
+                        f"{name}: {failures} messages in a row failed; giving up"
+                    ) from None
+                if not isinstance(msg, DropMsg | EndMsg):
+                    out = [DropMsg(msg.camera_id, msg.seq, name, "error", msg.frame_id)]
+                else:
+                    out = [msg]
+            else:
+                failures = 0
+            emit(out)
+    finally:
+        flushed: list[Message] = []
+        try:
+            if tick is not None:
+                flushed.extend(tick(time.time()) or ())
+            flushed.extend(stage.close() or ())
+        except Exception:
+            log.exception("%s: close() failed", name)
+        try:
+            emit(flushed, draining=True)
+        except Exception:
+            log.exception("%s: could not send %d flushed message(s)", name, len(flushed))
+    return c
+
+
+def _router(outputs: Sender | Sequence[Sender] | Route | None) -> Callable[[Message], list[Sender]]:
+    if outputs is None:
+        return lambda _m: []
+    if isinstance(outputs, Sender):
+        one = [outputs]
+        return lambda _m: one
+    if callable(outputs):
+        fn = outputs
+        return lambda m: [s] if (s := fn(m)) is not None else []
+    many = list(outputs)
+    return lambda _m: many

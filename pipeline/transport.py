@@ -1,0 +1,395 @@
+"""ZeroMQ edges between stage processes: endpoints, one context per process, PUSH/PULL sockets.
+
+Endpoints say whether this socket binds or connects::
+
+    "bind:ipc:///run/edgestream/items.sock"   "connect:tcp://10.0.0.2:5555"   "tcp://*:5555"
+
+A bare ``ipc://``/``tcp://`` endpoint takes the ``default_mode`` of the caller: `Sender`
+connects and `Receiver` binds unless told otherwise — the single consumer of a fan-in edge
+(preprocess workers → detect) binds and its producers connect. For a fan-out edge (decode →
+preprocess workers) write ``bind:`` on the sender. For the other side of an edge in the same
+config, `Endpoint.peer` gives the opposite mode on the same address (``*`` becomes
+``127.0.0.1``).
+
+Queues: an edge's ``capacity`` (messages) is split between the sender's SNDHWM and the receiver's
+RCVHWM (half each, at least 1), so about ``capacity`` messages wait per connection. Kernel socket
+buffers hold more on top (small messages: many); ``kernel_buffer_bytes`` bounds them for
+descriptor edges where freshness matters. Every socket gets ``linger=0`` (closing never waits
+for unsent messages) and PUSH sockets ``IMMEDIATE`` (no queueing to peers not connected yet).
+
+Pixels: a `Sender` with a `pipeline.shm.ShmPool` (same-host ipc edges) moves the pixel arrays of
+non-blocking (realtime) sends into a shared-memory ring and sends the small `ShmRef` instead;
+without a pool (tcp edges), and for blocking (offline) sends, the pixels go inline as extra
+frames without a copy (``copy=False``; parts under 64 KiB are copied by pyzmq, which is cheaper
+for them). Offline sends go inline because a ring overwrites slots the consumer has not read yet
+and nothing bounds the descriptors in flight tightly enough to prevent it; inline, ZeroMQ's flow
+control makes "block and lose nothing" hold. A `ShmRef` that reaches a sender without a pool,
+or a blocking send, is resolved to inline pixels (a stage wrote into its own slab).
+
+Receiving: `Receiver.recv` returns the decoded message; its ``pixels`` option says what a
+consumer gets for a `ShmRef`: ``"copy"`` an ndarray copied out of the ring (an overwritten slot
+becomes a `DropMsg` with reason ``shm_overwritten``), ``"ref"`` the descriptor itself (the stage
+reads it with a `pipeline.shm.ShmReader`, e.g. straight into a pinned batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from dataclasses import dataclass, replace
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import zmq
+
+from pipeline.messages import DropMsg, FrameMsg, ItemMsg, Message, MessageError, ShmRef, decode
+from pipeline.messages import encode as encode_msg
+from pipeline.shm import ShmPool, ShmReader
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["bind", "connect"]
+IPC_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
+
+
+class StopFlag(Protocol):
+    """Anything with ``is_set()``: a threading.Event or a multiprocessing Event."""
+
+    def is_set(self) -> bool: ...
+
+
+class EndpointError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    mode: Mode
+    url: str
+
+    @classmethod
+    def parse(cls, text: str, default_mode: Mode) -> Endpoint:
+        """Parses ``[bind:|connect:]ipc://PATH`` or ``[bind:|connect:]tcp://HOST:PORT``."""
+        mode: Mode = default_mode
+        url = text.strip()
+        for m in ("bind", "connect"):
+            if url.startswith(m + ":") and not url.startswith(m + "://"):
+                mode, url = m, url[len(m) + 1 :]
+                break
+        if url.startswith("ipc://"):
+            path = url[len("ipc://") :]
+            if not path:
+                raise EndpointError(f"{text!r}: ipc endpoint needs a path (ipc:///run/x.sock)")
+            if len(path.encode()) > IPC_PATH_MAX:
+                raise EndpointError(
+                    f"{text!r}: ipc path is {len(path.encode())} bytes, the OS limit is "
+                    f"{IPC_PATH_MAX}; use a shorter directory"
+                )
+        elif url.startswith("tcp://"):
+            host, sep, port = url[len("tcp://") :].rpartition(":")
+            if not sep or not host or not (port.isdigit() or (port == "*" and mode == "bind")):
+                raise EndpointError(f"{text!r}: tcp endpoint must be tcp://HOST:PORT")
+            if mode == "connect" and host in ("*",):
+                raise EndpointError(f"{text!r}: cannot connect to '*'; name the host")
+        else:
+            raise EndpointError(
+                f"{text!r}: endpoint must be [bind:|connect:]ipc://PATH or "
+                "[bind:|connect:]tcp://HOST:PORT"
+            )
+        return cls(mode, url)
+
+    @property
+    def is_ipc(self) -> bool:
+        return self.url.startswith("ipc://")
+
+    def peer(self) -> Endpoint:
+        """The other side of this edge on the same host: opposite mode, same address."""
+        url = self.url
+        if self.mode == "bind" and url.startswith("tcp://"):
+            host, _, port = url[len("tcp://") :].rpartition(":")
+            if host in ("*", "0.0.0.0"):
+                url = f"tcp://127.0.0.1:{port}"
+            elif host in ("[::]", "::"):
+                url = f"tcp://[::1]:{port}"
+        return Endpoint("connect" if self.mode == "bind" else "bind", url)
+
+    def __str__(self) -> str:
+        return f"{self.mode}:{self.url}"
+
+
+# ------------------------------------------------------------------------------ context
+
+
+_open_sockets: weakref.WeakSet[zmq.Socket[Any]] = weakref.WeakSet()
+_ctx_lock = threading.Lock()
+_ctx: zmq.Context[Any] | None = None
+_ctx_pid = 0
+
+
+def context() -> zmq.Context[Any]:
+    """This process's ZeroMQ context (created on first use; a new one after fork)."""
+    global _ctx, _ctx_pid
+    with _ctx_lock:
+        if _ctx is None or _ctx.closed or _ctx_pid != os.getpid():
+            _ctx = zmq.Context()
+            _ctx_pid = os.getpid()
+        return _ctx
+
+
+def shutdown() -> None:
+    """Closes every socket this module opened (linger 0) and terminates the context."""
+    global _ctx
+    for s in list(_open_sockets):
+        with contextlib.suppress(Exception):
+            s.close(linger=0)
+    with _ctx_lock:
+        if _ctx is not None and _ctx_pid == os.getpid() and not _ctx.closed:
+            _ctx.term()
+        _ctx = None
+
+
+def open_sockets() -> list[zmq.Socket[Any]]:
+    """Sockets opened by this module and not closed yet (tests use it to catch leaks)."""
+    return [s for s in _open_sockets if not s.closed]
+
+
+def _socket(kind: int, ep: Endpoint, hwm: int, kernel_buffer_bytes: int | None) -> zmq.Socket[Any]:
+    sock = context().socket(kind)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        if kind == zmq.PUSH:
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        else:
+            sock.setsockopt(zmq.RCVHWM, hwm)
+        if kernel_buffer_bytes is not None:
+            sock.setsockopt(zmq.SNDBUF, kernel_buffer_bytes)
+            sock.setsockopt(zmq.RCVBUF, kernel_buffer_bytes)
+        if ep.mode == "bind":
+            if ep.is_ipc:
+                _remove_stale_ipc(ep.url[len("ipc://") :])
+            sock.bind(ep.url)
+        else:
+            sock.connect(ep.url)
+    except zmq.ZMQError as e:
+        sock.close(linger=0)
+        raise EndpointError(f"cannot {ep.mode} {ep.url}: {e}") from e
+    _open_sockets.add(sock)
+    return sock
+
+
+def _remove_stale_ipc(path: str) -> None:
+    """A socket file left by a killed process: binding over it would work, but another live
+    process bound there would silently lose its peers, so only remove non-listening files."""
+    if not os.path.exists(path):
+        return
+    import socket as pysocket
+
+    probe = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.2)
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    except OSError:
+        return
+    finally:
+        probe.close()
+    raise EndpointError(f"ipc://{path} is in use by another process")
+
+
+def _close(sock: zmq.Socket[Any], ep: Endpoint) -> None:
+    """Closes ``sock``; a bound ipc socket also removes its file (libzmq leaves it behind)."""
+    if sock.closed:
+        return
+    sock.close(linger=0)
+    if ep.mode == "bind" and ep.is_ipc:
+        with contextlib.suppress(OSError):
+            os.unlink(ep.url[len("ipc://") :])
+
+
+def split_capacity(capacity: int) -> tuple[int, int]:
+    """(SNDHWM, RCVHWM) for an edge holding about ``capacity`` messages."""
+    if capacity < 1:
+        raise ValueError(f"queue capacity must be >= 1, got {capacity}")
+    return max(1, (capacity + 1) // 2), max(1, capacity // 2)
+
+
+# ------------------------------------------------------------------------------ sender
+
+
+class Sender:
+    """The PUSH end of an edge.
+
+    endpoint: see the module doc (bare: connect). capacity: messages queued on the edge.
+    shm: a pool to move inline pixels into shared memory (same-host edges), or None (inline).
+    stop: checked while a blocking send waits, so shutdown never hangs on a full queue.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | Endpoint,
+        capacity: int = 8,
+        *,
+        shm: ShmPool | None = None,
+        stop: StopFlag | None = None,
+        default_mode: Mode = "connect",
+        kernel_buffer_bytes: int | None = None,
+        name: str = "",
+    ) -> None:
+        self.endpoint = (
+            endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint, default_mode)
+        )
+        self.name = name or str(self.endpoint)
+        self.shm = shm
+        self.stop = stop
+        self._reader: ShmReader | None = None
+        hwm, _ = split_capacity(capacity)
+        self.socket = _socket(zmq.PUSH, self.endpoint, hwm, kernel_buffer_bytes)
+        self.sent = 0
+        self.refused = 0
+
+    def send(
+        self,
+        msg: Message,
+        block: bool = False,
+        timeout_s: float | None = None,
+        *,
+        check_stop: bool = True,
+    ) -> bool:
+        """Queues ``msg``. Non-blocking: False at once when the queue is full (the caller counts
+        a drop). Blocking: waits for room, re-checking ``stop`` every 100 ms; False if ``stop``
+        was set (``check_stop=False`` when draining after stop) or ``timeout_s`` passed."""
+        parts = encode_msg(self._prepare(msg, block))
+        try:
+            self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            self.sent += 1
+            return True
+        except zmq.Again:
+            if not block:
+                self.refused += 1
+                return False
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not (check_stop and self.stop is not None and self.stop.is_set()):
+            wait_ms = 100
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait_ms = max(1, min(wait_ms, int(left * 1000)))
+            if self.socket.poll(wait_ms, zmq.POLLOUT):
+                try:
+                    self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                    self.sent += 1
+                    return True
+                except zmq.Again:
+                    continue
+        self.refused += 1
+        return False
+
+    def _prepare(self, msg: Message, block: bool) -> Message:
+        """Pixels via the ring for realtime sends; inline for blocking (offline) sends and
+        edges without a pool. A ring slot is overwritten after ``slots`` writes whether or not
+        the consumer read it, and the messages queued on an edge are not bounded tightly enough
+        (kernel socket buffers hold a hundred or more descriptors) to size a ring that never
+        overruns: only inline pixels make "block and lose nothing" hold."""
+        if not isinstance(msg, FrameMsg | ItemMsg):
+            return msg
+        pixels = msg.pixels
+        if self.shm is not None and not block and isinstance(pixels, np.ndarray):
+            return replace(msg, pixels=self.shm.write(msg.camera_id, pixels))
+        if (self.shm is None or block) and isinstance(pixels, ShmRef):
+            if self._reader is None:
+                self._reader = ShmReader()
+            arr = self._reader.read(pixels)
+            if arr is None:
+                raise MessageError(f"{pixels.ring} slot {pixels.slot} overwritten before send")
+            return replace(msg, pixels=arr)
+        return msg
+
+    def close(self) -> None:
+        """Closes the socket (unsent messages are dropped: linger 0). Idempotent. The shm pool
+        is the caller's (it may outlive the socket); close it separately."""
+        _close(self.socket, self.endpoint)
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------ receiver
+
+
+class Receiver:
+    """The PULL end of an edge (bare endpoint: bind).
+
+    pixels: ``"copy"`` resolves `ShmRef` pixels to ndarrays (an overwritten slot gives a
+    `DropMsg` with reason ``shm_overwritten``, stage ``name``); ``"ref"`` leaves them.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | Endpoint,
+        capacity: int = 8,
+        *,
+        pixels: Literal["copy", "ref"] = "copy",
+        default_mode: Mode = "bind",
+        kernel_buffer_bytes: int | None = None,
+        name: str = "",
+    ) -> None:
+        self.endpoint = (
+            endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint, default_mode)
+        )
+        self.name = name or str(self.endpoint)
+        self.pixels = pixels
+        self.reader = ShmReader()
+        _, hwm = split_capacity(capacity)
+        self.socket = _socket(zmq.PULL, self.endpoint, hwm, kernel_buffer_bytes)
+        self.received = 0
+
+    @property
+    def address(self) -> str:
+        """The address actually bound/connected (``tcp://127.0.0.1:0`` gets its real port)."""
+        return self.socket.getsockopt_string(zmq.LAST_ENDPOINT) or self.endpoint.url
+
+    def recv(self, timeout_ms: int | None = 100) -> Message | None:
+        """The next message, or None after ``timeout_ms`` (None: wait forever; 0: poll).
+
+        Raises `MessageError` for a malformed message (it has been consumed; go on reading).
+        """
+        if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLIN):
+            return None
+        frames = self.socket.recv_multipart(copy=False)
+        self.received += 1
+        msg = decode(frames)
+        if (
+            self.pixels == "copy"
+            and isinstance(msg, FrameMsg | ItemMsg)
+            and isinstance(msg.pixels, ShmRef)
+        ):
+            arr = self.reader.read(msg.pixels)
+            if arr is None:
+                return DropMsg(msg.camera_id, msg.seq, self.name, "shm_overwritten", msg.frame_id)
+            msg = replace(msg, pixels=arr)
+        return msg
+
+    def close(self) -> None:
+        """Closes the socket and detaches the shm rings it read from. Idempotent."""
+        _close(self.socket, self.endpoint)
+        self.reader.close()
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
