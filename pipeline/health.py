@@ -1,0 +1,211 @@
+"""The pipeline's HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+A stdlib `ThreadingHTTPServer` in a daemon thread of the supervisor. It knows nothing of the
+pipeline: the supervisor injects two callables, evaluated on every request.
+
+* ``liveness() -> Mapping[str, bool | str]``: one entry per stage process (``"detect"``,
+  ``"preprocess[1]"``...): ``True`` when alive, else a short reason (``"exited with -9,
+  restarting in 2.0 s"``) or ``False``. ``/healthz`` answers 200 when every entry is True,
+  else 503 with a JSON body naming the stages that are down. Kubernetes restarts the pod on
+  repeated failures, so a stage the supervisor is already restarting should still report
+  down: a pod stuck restarting the same stage *should* be restarted as a whole.
+* ``readiness() -> Iterable[str]``: the reasons the pipeline cannot do its job yet (``"model
+  not loaded"``, ``"redis sink not connected"``); empty means ready. ``/readyz`` answers 200
+  or 503 with the reasons. A load balancer or a rollout waits on it.
+
+A callable that raises answers 503 with the exception's type (never its text: it may quote
+a URL with credentials). ``/metrics`` serves a registry in the Prometheus text format; in
+multiprocess mode (`pipeline.metrics.setup_multiprocess`) a fresh aggregating registry is
+built per scrape, as prometheus_client recommends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from pipeline import metrics as _metrics
+
+log = logging.getLogger("edgestream.health")
+
+Liveness = Callable[[], Mapping[str, bool | str]]
+Readiness = Callable[[], Iterable[str]]
+RegistrySource = CollectorRegistry | Callable[[], CollectorRegistry] | None
+
+
+def check_liveness(liveness: Liveness) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of ``/healthz``."""
+    try:
+        stages = dict(liveness())
+    except Exception as exc:
+        return 503, {"status": "error", "error": f"liveness check failed: {type(exc).__name__}"}
+    down = {
+        name: (state if isinstance(state, str) else "not running")
+        for name, state in stages.items()
+        if state is not True
+    }
+    if down:
+        return 503, {"status": "down", "down": down, "stages": sorted(stages)}
+    return 200, {"status": "ok", "stages": sorted(stages)}
+
+
+def check_readiness(readiness: Readiness) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON body) of ``/readyz``."""
+    try:
+        reasons = [str(r) for r in readiness()]
+    except Exception as exc:
+        return 503, {"status": "error", "error": f"readiness check failed: {type(exc).__name__}"}
+    if reasons:
+        return 503, {"status": "not ready", "reasons": reasons}
+    return 200, {"status": "ready"}
+
+
+def _default_registry() -> CollectorRegistry:
+    if _metrics.multiprocess_enabled():
+        return _metrics.multiprocess_registry()
+    registry = _metrics.process_metrics().registry
+    return registry if registry is not None else CollectorRegistry()
+
+
+class HealthServer:
+    """Serves /metrics, /healthz and /readyz on ``host:port`` from a daemon thread.
+
+    port: TCP port; 0 picks a free one (tests; read `port` after `start`). A config's
+        ``metrics.port: 0`` means "no server" and is handled by `start_health_server`.
+    registry: a registry, a function returning one per scrape, or None (multiprocess
+        aggregation when enabled, else this process's `process_metrics` registry).
+    """
+
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 9100,
+        *,
+        liveness: Liveness = dict,
+        readiness: Readiness = tuple,
+        registry: RegistrySource = None,
+    ) -> None:
+        self.host = host
+        self.requested_port = port
+        self.liveness = liveness
+        self.readiness = readiness
+        self._registry = registry
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            return self.requested_port
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    def registry(self) -> CollectorRegistry:
+        source = self._registry
+        if source is None:
+            return _default_registry()
+        if isinstance(source, CollectorRegistry):
+            return source
+        return source()
+
+    def start(self) -> HealthServer:
+        """Bind and serve; raises OSError (e.g. the port is taken) with the address in it."""
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "edgestream"
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0].rstrip("/") or "/"
+                if path == "/metrics":
+                    try:
+                        body = generate_latest(server.registry())
+                    except Exception as exc:  # a broken collector must not kill the server
+                        log.warning("metrics collection failed: %s", type(exc).__name__)
+                        self._send(500, b"metrics collection failed\n", "text/plain")
+                        return
+                    self._send(200, body, CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._json(*check_liveness(server.liveness))
+                elif path == "/readyz":
+                    self._json(*check_readiness(server.readiness))
+                elif path == "/":
+                    self._send(200, b"edgestream: /metrics /healthz /readyz\n", "text/plain")
+                else:
+                    self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+
+            def _json(self, status: int, body: dict[str, Any]) -> None:
+                self._send(status, (json.dumps(body) + "\n").encode(), "application/json")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status, HTTPStatus(status).phrase)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("%s " + format, self.address_string(), *args)
+
+        try:
+            httpd = ThreadingHTTPServer((self.host, self.requested_port), Handler)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot serve metrics on {self.host}:{self.requested_port}: "
+                f"{exc.strerror} (set metrics.port to a free port, or 0 to disable)",
+            ) from None
+        httpd.daemon_threads = True
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="health-http",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("serving /metrics /healthz /readyz on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> HealthServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_health_server(
+    host: str,
+    port: int,
+    *,
+    liveness: Liveness,
+    readiness: Readiness,
+    registry: RegistrySource = None,
+) -> HealthServer | None:
+    """Start a `HealthServer` for ``metrics.host``/``metrics.port``; None when port is 0."""
+    if port == 0:
+        return None
+    return HealthServer(
+        host, port, liveness=liveness, readiness=readiness, registry=registry
+    ).start()
