@@ -7,8 +7,10 @@ import logging
 import os
 import sys
 
+from pipeline import config_cli
 from stages.detect import cli as detect_cli
 from stages.sinks import cli as sinks_cli
+from stages.synth import cli as synth_cli
 from stages.track import cli as track_cli
 
 
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     detect_cli.add_parsers(sub)
     track_cli.add_parsers(sub)
     sinks_cli.add_parsers(sub)
+    config_cli.add_parsers(sub)
+    synth_cli.add_parsers(sub)
     return parser
 
 
