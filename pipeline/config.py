@@ -9,6 +9,8 @@ Rules the loader enforces, and why:
   (``cameras[0].stal_timeout_s: unknown key (did you mean 'stall_timeout_s'?)``): a typo
   that silently falls back to a default is the worst kind of config bug.
 * **Every problem at once**: a `ConfigError` lists each one as ``key.path: message``.
+  Problems that involve several keys (duplicate camera ids, a remote stage's edge left on
+  ``auto``, a sink stage with no sink) are checked once every key is valid on its own.
 * **Secrets** never sit in the file. A string field may contain ``${VAR}`` (or
   ``${VAR:-default}``; ``$$`` is a literal ``$``), replaced from the environment when the file
   is loaded; a missing variable is an error naming the key path and the variable. Number and

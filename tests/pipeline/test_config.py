@@ -475,3 +475,16 @@ def test_logging_a_config_is_safe(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO):
         logging.getLogger("t").info("config %s / %r / %s", cfg, cfg.cameras[0], cfg.redacted_dump())
     assert SECRET not in caplog.text
+
+
+def test_a_config_crosses_process_boundaries_intact() -> None:
+    """Spawned children receive the config pickled: values and secrets survive."""
+    import pickle
+
+    data = base()
+    data["cameras"][0]["url"] = "rtsp://admin:${CAM_PASS}@192.0.2.1/s"
+    cfg = validate_config(data, env={"CAM_PASS": SECRET})
+    again = pickle.loads(pickle.dumps(cfg))
+    assert again == cfg
+    assert again.secrets() == cfg.secrets() and SECRET in again.secrets()
+    assert camera_config("cam1", again).url == camera_config("cam1", cfg).url
