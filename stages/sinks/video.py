@@ -1,0 +1,233 @@
+"""Annotated H.264 video per camera: boxes, class, track id, one colour per track.
+
+Two layers:
+
+- `VideoSink` — ``setup() / process(result, rgb) / close()``: draws a `FrameResult` on the
+  frame's pixels and appends it to ``<dir>/<camera>.mp4`` (libx264, yuv420p, through
+  `stages.detect.annotate.AnnotatedWriter`). Whoever holds the pixels calls it.
+- `FileVideoSink` — ``setup() / process(result) / close()``, the plain sink contract of the
+  sink stage: for cameras that are video *files* it recovers the pixels itself with
+  `FileFrames`, which decodes the same file again and returns the frame whose decode index is
+  the result's ``frame_id`` (`stages.decode.CameraSource` numbers a file's frames 0, 1, ...
+  across loops, and decoding is deterministic). The pipeline's messages do not carry pixels
+  past the detector (shared-memory slots are recycled long before a frame reaches the sink),
+  so live cameras (RTSP...) get no video here: their results are counted as ``no_pixels``.
+
+Frames are written as they are published; frames the pipeline dropped are not in the video,
+so a clip with drops plays shorter than real time.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from stages.detect.annotate import AnnotatedWriter
+from stages.sinks.messages import FrameResult, TrackedObject
+
+log = logging.getLogger("edgestream.sinks.video")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def track_colour(track_id: int | None) -> tuple[int, int, int]:
+    """A stable, well-spread RGB colour per track id (golden-ratio hues); grey for untracked."""
+    if track_id is None:
+        return (200, 200, 200)
+    hue = int((track_id * 0.618033988749895 % 1.0) * 180)
+    hsv = np.array([[[hue, 220, 255]]], dtype=np.uint8)
+    r, g, b = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]
+    return int(r), int(g), int(b)
+
+
+def draw_tracks(rgb: np.ndarray, objects: Sequence[TrackedObject], caption: str = "") -> np.ndarray:
+    """A copy of ``rgb`` with each object's box and ``class #id score`` label drawn."""
+    img = np.ascontiguousarray(rgb).copy()
+    h, w = img.shape[:2]
+    thickness = max(1, round(min(h, w) / 300))
+    scale = max(0.35, min(h, w) / 900)
+    for o in objects:
+        x1, y1, x2, y2 = (round(v) for v in o.box)
+        colour = track_colour(o.track_id)
+        cv2.rectangle(img, (x1, y1), (x2, y2), colour, thickness)
+        tid = "" if o.track_id is None else f" #{o.track_id}"
+        label = f"{o.class_name}{tid} {o.score:.2f}"
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        ty = y1 if y1 - th - base >= 0 else min(h - 1, y2 + th + base)
+        cv2.rectangle(img, (x1, ty - th - base), (x1 + tw, ty), colour, -1)
+        cv2.putText(img, label, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    if caption:
+        cv2.putText(img, caption, (6, h - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)  # fmt: skip
+    return img
+
+
+@dataclass(frozen=True)
+class VideoSinkConfig:
+    """dir: output folder (``<dir>/<camera>.mp4``, camera ids made file-safe).
+    fps: output frame rate (frames/s); None: 25.
+    caption: draw ``camera frame N`` in the corner of every frame.
+    """
+
+    dir: Path
+    fps: float | None = None
+    caption: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and not 0 < self.fps <= 1000:
+            raise ValueError(f"video sink fps must be in (0, 1000], got {self.fps}")
+
+
+class VideoSink:
+    """``setup() / process(result, rgb) / close()``: one annotated H.264 file per camera."""
+
+    def __init__(self, config: VideoSinkConfig) -> None:
+        self.config = config
+        self._writers: dict[str, AnnotatedWriter] = {}
+        self._size: dict[str, tuple[int, int]] = {}
+        self.written: Counter[str] = Counter()
+
+    def setup(self) -> None:
+        Path(self.config.dir).mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, camera: str) -> Path:
+        return Path(self.config.dir) / f"{_UNSAFE.sub('_', camera)}.mp4"
+
+    def process(self, result: FrameResult, rgb: np.ndarray) -> None:
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {rgb.shape} {rgb.dtype}")
+        cam = result.camera
+        caption = f"{cam}  frame {result.frame_id}" if self.config.caption else ""
+        img = draw_tracks(rgb, result.objects, caption)
+        size = self._size.setdefault(cam, (img.shape[1], img.shape[0]))
+        if (img.shape[1], img.shape[0]) != size:  # a camera that changed resolution
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        writer = self._writers.get(cam)
+        if writer is None:
+            writer = self._writers[cam] = AnnotatedWriter(self.path_for(cam), self.config.fps)
+        writer.write(img)
+        self.written[cam] += 1
+
+    def close(self) -> None:
+        for cam, writer in list(self._writers.items()):
+            try:
+                writer.close()
+            except Exception:
+                log.exception("video sink: closing %s failed", self.path_for(cam))
+        self._writers.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {"written": dict(self.written)}
+
+
+class FileFrames:
+    """The frames of a video file by decode index, looping like ``CameraSource(loop=True)``.
+
+    Reads forward only: asking for an index behind the current position returns None (results
+    of one camera arrive in frame order, so this happens only after a restart of the sink).
+    Skipped indices are decoded and discarded, which costs about 1 ms per 640x384 frame.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"video file not found: {self.path}")
+        self._container: Any = None
+        self._frames: Iterator[Any] | None = None
+        self._next = 0  # decode index of the next frame the iterator yields
+        self._pass_start = 0
+        self.pass_length: int | None = None  # frames per pass, known after the first one
+
+    def _open(self) -> None:
+        import av
+
+        self.close()
+        self._container = av.open(str(self.path))
+        self._frames = self._container.decode(video=0)
+
+    def get(self, frame_id: int) -> np.ndarray | None:
+        if frame_id < self._next:
+            return None
+        if self.pass_length and frame_id - self._next > self.pass_length:
+            # far ahead (drops): jump whole passes instead of decoding them
+            skip = (frame_id - self._next) // self.pass_length * self.pass_length
+            self._next += skip
+            self._pass_start += skip
+        while True:
+            if self._frames is None:
+                self._open()
+            assert self._frames is not None
+            frame = next(self._frames, None)
+            if frame is None:  # end of a pass: loop
+                length = self._next - self._pass_start
+                if length == 0:
+                    raise ValueError(f"{self.path}: no decodable video frames")
+                self.pass_length = self.pass_length or length
+                self._pass_start = self._next
+                self._frames = None
+                continue
+            index = self._next
+            self._next += 1
+            if index == frame_id:
+                return np.asarray(frame.to_ndarray(format="rgb24"))
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = None
+        self._frames = None
+
+
+class FileVideoSink:
+    """``setup() / process(result) / close()``: annotated videos for file cameras.
+
+    cameras: camera id → video file path; results of other cameras are counted under
+    ``no_pixels`` (a warning once per camera) and not written.
+    """
+
+    def __init__(self, config: VideoSinkConfig, cameras: Mapping[str, Path | str]) -> None:
+        self.video = VideoSink(config)
+        self.files = {cam: Path(p) for cam, p in cameras.items()}
+        self._frames: dict[str, FileFrames] = {}
+        self.no_pixels: Counter[str] = Counter()
+        self.missed: Counter[str] = Counter()  # results whose frame could not be recovered
+
+    def setup(self) -> None:
+        self.video.setup()
+        for cam, path in self.files.items():
+            self._frames[cam] = FileFrames(path)
+
+    def process(self, result: FrameResult) -> None:
+        frames = self._frames.get(result.camera)
+        if frames is None:
+            if not self.no_pixels[result.camera]:
+                log.warning("video sink: camera %s is not a video file: no annotated video "
+                            "(the pixels do not travel to the sink)", result.camera)  # fmt: skip
+            self.no_pixels[result.camera] += 1
+            return
+        rgb = frames.get(result.frame_id)
+        if rgb is None:
+            self.missed[result.camera] += 1
+            return
+        self.video.process(result, rgb)
+
+    def close(self) -> None:
+        for f in self._frames.values():
+            f.close()
+        self.video.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.video.stats(),
+            "no_pixels": dict(self.no_pixels),
+            "missed": dict(self.missed),
+        }
