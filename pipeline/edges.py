@@ -1,0 +1,70 @@
+"""Where each edge of the pipeline binds and connects, and the sockets a stage process opens.
+
+``auto`` endpoints become ``ipc://`` socket files in the run folder (``transport.ipc_dir``, or
+a private temporary folder). The binding side of an edge is the side that is one: decode binds
+the fan-out ``frames`` edge (preprocess workers connect to it); the single consumer binds the
+other edges (``items``: the workers connect to detect). An explicit endpoint is written for
+that binding side (``bind:`` is implied for it, its peer connects to the same address); with
+``connect:`` it is the side of this process tree when the other side runs on another host.
+
+Pixels: on an ipc edge the sender gets a `pipeline.shm.ShmPool`: live (non-blocking) sends
+move pixels into a ring and send a descriptor, offline (blocking) sends go inline (see
+`pipeline.transport`). On a tcp edge, descriptors are resolved to inline pixels before sending
+(the consumer is on another host).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import EDGES, EdgeName, PipelineConfig
+from pipeline.shm import ShmPool
+from pipeline.transport import Endpoint, Receiver, Sender, StopFlag
+
+FAN_OUT: frozenset[str] = frozenset({"frames"})
+
+
+@dataclass(frozen=True)
+class EdgePlan:
+    name: str
+    sender: Endpoint
+    receiver: Endpoint
+    capacity: int
+
+    @property
+    def shm(self) -> bool:
+        """Same host (ipc): pixels may travel as shared-memory descriptors."""
+        return self.sender.is_ipc
+
+    def open_sender(
+        self, stop: StopFlag | None = None, name: str = "", pool: ShmPool | None = None
+    ) -> Sender:
+        """The PUSH socket; ``pool`` carries live pixels on an ipc edge (ignored on tcp)."""
+        shm = pool if self.shm else None
+        return Sender(self.sender, self.capacity, shm=shm, stop=stop, name=name or self.name)
+
+    def open_receiver(self, name: str = "") -> Receiver:
+        return Receiver(self.receiver, self.capacity, pixels="ref", name=name or self.name)
+
+
+def plan_edges(cfg: PipelineConfig, run_dir: Path) -> dict[str, EdgePlan]:
+    """Endpoints of every edge for this process tree (``run_dir`` holds auto ipc files)."""
+    out: dict[str, EdgePlan] = {}
+    edge_name: EdgeName
+    for edge_name in EDGES:
+        edge = getattr(cfg.transport.edges, edge_name)
+        binder_is_sender = edge_name in FAN_OUT
+        if edge.endpoint == "auto":
+            binder = Endpoint("bind", f"ipc://{run_dir / (edge_name + '.sock')}")
+        else:
+            binder = Endpoint.parse(edge.endpoint, "bind")
+        other = binder.peer()
+        sender, receiver = (binder, other) if binder_is_sender else (other, binder)
+        src, dst = EDGES[edge_name]
+        local_src, local_dst = cfg.runs(src), cfg.runs(dst)
+        if edge.endpoint != "auto" and local_src != local_dst:
+            # one side runs elsewhere: the written endpoint is this side's
+            sender, receiver = (binder, other) if local_src else (other, binder)
+        out[edge_name] = EdgePlan(edge_name, sender, receiver, edge.capacity)
+    return out

@@ -1,0 +1,324 @@
+"""What each stage process runs: process set-up, then its stage between its sockets.
+
+`child_main` is the target of every process the supervisor spawns: it names the process
+(``setproctitle``, else ``prctl(PR_SET_NAME)``), enables `faulthandler`, asks the kernel to kill
+it when the supervisor dies (``PR_SET_PDEATHSIG``: no orphans even after a SIGKILL of the
+supervisor), turns SIGTERM into a graceful stop and leaves SIGINT to the supervisor. A
+configuration problem found here (a weights file of the wrong kind...) exits with
+`EXIT_CONFIG`, which the supervisor treats as fatal instead of restarting.
+
+Each process sends a small stats snapshot to the supervisor every ``report_interval_s`` over a
+multiprocessing queue (`pipeline.stats`), which serves the summary line and `Pipeline.stats()`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.config import (
+    PipelineConfig,
+    camera_config,
+    jsonl_sink_config,
+    nms_params,
+    redis_sink_config,
+    resolve_device,
+    track_stage_config,
+)
+from pipeline.edges import EdgePlan
+from pipeline.messages import Message
+from pipeline.runner import StageCounters, run_stage
+from pipeline.stats import Reporter
+
+log = logging.getLogger("edgestream.procs")
+
+EXIT_CONFIG = 78  # EX_CONFIG: do not restart
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    role: str  # decode | preprocess | detect | track | sink
+    index: int
+    pipeline: str
+    parent_pid: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}{self.index}" if self.role == "preprocess" else self.role
+
+    @property
+    def title(self) -> str:
+        return f"edgestream[{self.pipeline}] {self.key}"
+
+
+def set_title(title: str) -> None:
+    """Name the process in ps/top: setproctitle when installed, else the kernel comm name."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(title)
+        return
+    except ImportError:
+        pass
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_NAME, title.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL this process when its parent dies (checked once for a parent already
+    gone before the call)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def child_main(
+    spec: ChildSpec,
+    cfg: PipelineConfig,
+    edges: dict[str, EdgePlan],
+    stop: Any,
+    done: Any,
+    stats_q: Any,
+    log_level: str = "INFO",
+) -> None:
+    die_with_parent(spec.parent_pid)
+    set_title(spec.title)
+    faulthandler.enable()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logging.basicConfig(
+        level=log_level,
+        format=f"%(asctime)s %(levelname)s {spec.key}[%(process)d] %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    reporter = Reporter(spec.key, stats_q)
+    try:
+        ROLES[spec.role](spec, cfg, edges, stop, done, reporter)
+    except (ValueError, FileNotFoundError) as e:  # config-like: the same on every restart
+        log.error("%s: cannot start: %s", spec.key, cfg.redact(str(e)))
+        reporter.close()
+        sys.exit(EXIT_CONFIG)
+    reporter.close()
+    from pipeline import transport
+
+    transport.shutdown()
+
+
+def _realtime(cfg: PipelineConfig) -> frozenset[str]:
+    return frozenset(c.id for c in cfg.effective_cameras() if c.realtime)
+
+
+def _offline_blocks(cfg: PipelineConfig) -> Callable[[Message], bool]:
+    live = _realtime(cfg)
+    return lambda m: m.camera_id not in live
+
+
+# ------------------------------------------------------------------------------------ roles
+
+
+def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
+               stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+    from pipeline.decode_proc import DecodeFeeder
+    from pipeline.shm import ShmPool
+
+    edge = edges["frames"]
+    cameras = [(c.id, camera_config(c, cfg)) for c in cfg.effective_cameras()]
+    pool = ShmPool(cfg.name, "frames", slots=cfg.preprocess.workers + 4)
+    sender = edge.open_sender(stop, name="decode", pool=pool)
+    feeder = DecodeFeeder(cameras, sender, on_state=reporter.camera_state)
+    reporter.source(lambda: {"decode": feeder.counters})
+    feeder.start()
+    try:
+        while not stop.wait(0.2):
+            reporter.maybe_send()
+    finally:
+        feeder.stop()
+        sender.close()
+        pool.close()
+
+
+def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
+                   stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+    from pipeline.shm import ShmPool, ring_name
+    from stages.preprocess import PreprocessStage, PreprocessStageConfig
+
+    items = edges["items"]
+    stage = PreprocessStage(
+        PreprocessStageConfig(
+            slab_name=ring_name(cfg.name, f"slab{spec.index}") if items.shm else None,
+            slab_slots=2 * cfg.batching.max_batch + 4,
+            input_hw=(640, 640),
+            inline=not items.shm,
+        )
+    )
+    _run(
+        stage,
+        "preprocess",
+        edges["frames"],
+        items,
+        cfg,
+        stop,
+        reporter,
+        pool=ShmPool(cfg.name, f"items{spec.index}", slots=2 * cfg.batching.max_batch + 4),
+    )
+
+
+def open_backend_from(cfg: PipelineConfig) -> Any:
+    """The detect backend the config asks for (random weights: seeded, like ``detect``)."""
+    from stages.detect.backends import open_backend
+
+    m = cfg.model
+    device = resolve_device(m.device)
+    if m.random_weights:
+        import torch
+
+        from stages.detect.backends.torch_backend import TorchBackend
+        from stages.detect.nn.yolo_nas import ARCHS
+
+        torch.manual_seed(0)
+        assert m.arch is not None
+        model = ARCHS[m.arch](num_classes=m.num_classes or 80)
+        return TorchBackend(model, device=device, half=m.half, max_batch=cfg.batching.max_batch,
+                            nms_params=nms_params(cfg))  # fmt: skip
+    assert m.weights is not None
+    return open_backend(
+        m.backend,
+        m.weights,
+        arch=m.arch,
+        num_classes=m.num_classes,
+        device=device,
+        max_batch=cfg.batching.max_batch,
+        nms_params=nms_params(cfg),
+        threads=m.threads,
+        half=m.half,
+    )
+
+
+def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
+               stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+    from stages.detect.stage import DetectStage, DetectStageConfig
+
+    b = cfg.batching
+    stage = DetectStage(
+        lambda: open_backend_from(cfg),
+        DetectStageConfig(b.max_batch, b.max_wait_ms, b.max_frame_age_ms, _realtime(cfg)),
+        on_batch=reporter.batch,
+    )
+    stage.poll_interval_ms = max(1, int(b.max_wait_ms / 4))  # type: ignore[attr-defined]
+    reporter.source(lambda: {"ready": stage.backend is not None})
+    _run(stage, "detect", edges["items"], edges["detections"], cfg, stop, reporter)
+
+
+def class_names_of(cfg: PipelineConfig) -> list[str]:
+    """Class names for published objects: the config's, an ONNX file's metadata, or COCO's."""
+    from stages.detect.classes import class_names_for
+
+    m = cfg.model
+    if m.class_names:
+        return list(m.class_names)
+    if m.weights is not None and m.weights.suffix.lower() == ".onnx":
+        try:
+            import json
+
+            from stages.detect.export import read_metadata
+
+            names = json.loads(read_metadata(m.weights).get("class_names") or "[]")
+            if names:
+                return [str(n) for n in names]
+        except Exception:
+            log.debug("no class names in %s", m.weights, exc_info=True)
+    return class_names_for(m.num_classes or 80)
+
+
+def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
+              stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+    from pipeline.track_stage import OrderedTrackConfig, OrderedTrackStage
+
+    stage = OrderedTrackStage(
+        OrderedTrackConfig(
+            track=track_stage_config(cfg),
+            class_names=class_names_of(cfg),
+            realtime_cameras=_realtime(cfg),
+            reorder_timeout_ms=max(100.0, 2 * (cfg.batching.max_frame_age_ms or 250.0)),
+        )
+    )
+    _run(stage, "track", edges["detections"], edges["tracked"], cfg, stop, reporter)
+
+
+def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
+             stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+    from pipeline.sink_stage import SinkStage
+
+    sinks: list[Any] = []
+    redis_cfg = redis_sink_config(cfg)
+    if redis_cfg is not None:
+        from stages.sinks.redis import RedisSink
+
+        sinks.append(RedisSink(redis_cfg))
+    jsonl_cfg = jsonl_sink_config(cfg)
+    if jsonl_cfg is not None:
+        from stages.sinks.jsonl import JsonlSink
+
+        sinks.append(JsonlSink(jsonl_cfg))
+    files = [c.id for c in cfg.effective_cameras() if c.kind == "file" and not c.loop]
+    everything_ends = len(files) == len(cfg.cameras) and not _realtime(cfg)
+    stage = SinkStage(
+        sinks,
+        expected_cameras=files if everything_ends else (),
+        on_published=reporter.published_frame,
+        on_done=done.set,
+    )
+    reporter.source(lambda: {"sinks": stage.stats()})
+    _run(stage, "sink", edges["tracked"], None, cfg, stop, reporter)
+
+
+def _run(stage: Any, name: str, inp: EdgePlan, out: EdgePlan | None, cfg: PipelineConfig,
+         stop: Any, reporter: Reporter, pool: Any = None) -> None:  # fmt: skip
+    receiver = inp.open_receiver(name=f"{name}-in")
+    sender = out.open_sender(stop, name=name, pool=pool) if out is not None else None
+    counters = StageCounters()
+    reporter.source(lambda: {"stage": counters})
+    pump = threading.Thread(target=_report_loop, args=(reporter, stop), daemon=True)
+    pump.start()
+    try:
+        run_stage(stage, receiver, sender, stop, name=name, block=_offline_blocks(cfg),
+                  counters=counters)  # fmt: skip
+    finally:
+        receiver.close()
+        if sender is not None:
+            sender.close()
+        if pool is not None:
+            pool.close()
+
+
+def _report_loop(reporter: Reporter, stop: Any) -> None:
+    while not stop.wait(0.5):
+        reporter.maybe_send()
+    time.sleep(0)
+
+
+ROLES: dict[str, Callable[..., None]] = {
+    "decode": run_decode,
+    "preprocess": run_preprocess,
+    "detect": run_detect,
+    "track": run_track,
+    "sink": run_sink,
+}

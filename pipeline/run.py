@@ -1,0 +1,233 @@
+"""``edgestream run``: the whole pipeline from a YAML file or from flags, and `Pipeline` for code.
+
+Command line::
+
+    edgestream run -c configs/default.yaml
+    edgestream run --camera cam1=rtsp://... --camera cam2=video.mp4 --arch yolo_nas_s \\
+        --weights yolo_nas_s.pth [--backend auto] [--redis redis://localhost:6379/0] \\
+        [--jsonl runs/out] [--realtime | --no-realtime] [--metrics-port 9100]
+
+With ``--no-realtime`` and only file sources, ``run`` exits 0 once the last frame of every
+file has been published. SIGTERM / Ctrl-C stop it (exit 0) within 10 s.
+
+From code (a demo, a test)::
+
+    from pipeline.run import Pipeline
+    with Pipeline(cfg) as p:          # starts the process tree, supervised in a thread
+        while p.running:
+            print(p.stats()["cameras"])   # per camera: up, fps, published, drops, latency
+            time.sleep(1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig, load_config, parse_camera_arg, quick_config
+from pipeline.supervisor import Supervisor
+
+log = logging.getLogger("edgestream.run")
+
+
+def summary_line(stats: dict[str, Any]) -> str:
+    """One line: cameras up, published fps, drops by stage/reason, batch size, latency."""
+    cams = stats["cameras"]
+    up = sum(1 for c in cams.values() if c["up"])
+    published = sum(c["published"] for c in cams.values())
+    fps = sum(c["fps"] for c in cams.values())
+    drops: dict[str, int] = {}
+    for c in cams.values():
+        for k, v in c["dropped"].items():
+            drops[k] = drops.get(k, 0) + v
+    p50 = [c["latency_p50_ms"] for c in cams.values() if c["latency_p50_ms"] is not None]
+    p99 = [c["latency_p99_ms"] for c in cams.values() if c["latency_p99_ms"] is not None]
+    drop_text = ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"
+    lat = f"e2e p50 {max(p50):.0f} ms p99 {max(p99):.0f} ms" if p50 else "e2e -"
+    return (
+        f"summary: cameras up {up}/{len(cams)} | published {published} ({fps:.1f} fps) | "
+        f"dropped {sum(drops.values())} ({drop_text}) | batch {stats['batches']['mean_size']} | "
+        f"{lat} | restarts {sum(stats['restarts'].values())}"
+    )
+
+
+def pipeline_stats(s: Supervisor) -> dict[str, Any]:
+    """``{"cameras": {id: {...}}, "batches": {...}, "restarts": {...}, "pids": {...},
+    "alive": bool, "done": bool}``; per camera see `pipeline.stats.StatsBoard.cameras`."""
+    return {
+        "cameras": s.board.cameras(),
+        "batches": s.board.batches(),
+        "restarts": {k: c.restarts for k, c in s.children.items()},
+        "pids": s.pids(),
+        "alive": s.alive(),
+        "done": s.done.is_set(),
+    }
+
+
+class SummaryLogger:
+    """Called on every supervisor poll: logs `summary_line` every ``interval_s`` (0: never)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = time.monotonic()
+
+    def __call__(self, sup: Supervisor) -> None:
+        if self.interval_s > 0 and time.monotonic() - self._last >= self.interval_s:
+            self._last = time.monotonic()
+            log.info("%s", summary_line(pipeline_stats(sup)))
+
+
+class Pipeline:
+    """A running pipeline for programmatic use: the supervisor, polled by a thread.
+
+    ``stats()`` returns ``{"cameras": {id: {...}}, "batches": {...}, "restarts": {...},
+    "pids": {...}, "alive": bool, "done": bool}``; see `pipeline.stats.StatsBoard.cameras`.
+    """
+
+    def __init__(self, cfg: PipelineConfig, log_level: str | None = None, **kwargs: Any) -> None:
+        self.cfg = cfg
+        self.supervisor = Supervisor(cfg, log_level=log_level or cfg.logging.level, **kwargs)
+        self._thread: threading.Thread | None = None
+        self._halt = threading.Event()
+        self.supervisor.on_poll.append(SummaryLogger(cfg.logging.summary_interval_s))
+
+    @property
+    def running(self) -> bool:
+        s = self.supervisor
+        return s.started and not s.stopping and s.fatal is None and not s.done.is_set()
+
+    @property
+    def done(self) -> bool:
+        """An offline run published everything."""
+        return self.supervisor.done.is_set()
+
+    def start(self) -> Pipeline:
+        self.supervisor.start()
+        self._thread = threading.Thread(target=self._loop, name="supervise", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._halt.wait(0.1):
+            self.supervisor.poll()
+
+    def stats(self) -> dict[str, Any]:
+        return pipeline_stats(self.supervisor)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Until an offline run is done or a fatal error (True), or the timeout (False)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while deadline is None or time.monotonic() < deadline:
+            if self.supervisor.done.is_set() or self.supervisor.fatal is not None:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> int:
+        self._halt.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        self.supervisor.stop()
+        return 2 if self.supervisor.fatal is not None else 0
+
+    def __enter__(self) -> Pipeline:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_pipeline(cfg: PipelineConfig) -> int:
+    """Run until SIGTERM/SIGINT (0), the end of an offline run (0), or a fatal error (2)."""
+    sup = Supervisor(cfg, log_level=cfg.logging.level)
+    sup.on_poll.append(SummaryLogger(cfg.logging.summary_interval_s))
+    code = sup.run()
+    log.info("%s", summary_line(pipeline_stats(sup)))
+    return code
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the streaming pipeline (cameras → detect → track → sinks)",
+        description="Run the multi-process pipeline from a YAML config (-c) or from flags.",
+    )
+    p.add_argument("-c", "--config", type=Path, help="YAML config (see `edgestream config`)")
+    p.add_argument(
+        "--camera",
+        action="append",
+        default=[],
+        metavar="ID=URL",
+        help="a camera (repeatable): rtsp://, http(s)://, a video file, /dev/videoN",
+    )
+    p.add_argument("--arch", choices=("yolo_nas_s", "yolo_nas_m", "yolo_nas_l"))
+    p.add_argument(
+        "--weights", type=Path, help="weights file (.pth/.pt/.safetensors/.onnx/.engine)"
+    )
+    p.add_argument("--random-weights", action="store_true", help="seeded random model (a demo)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                   default="auto")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--redis", metavar="URL", help="publish to Redis Streams at this URL")
+    p.add_argument("--jsonl", type=Path, metavar="DIR", help="write DIR/<camera>.jsonl")
+    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
+                   help="live policy: drop oldest when behind (default); --no-realtime: "
+                   "block and lose nothing, exit when every file was processed")  # fmt: skip
+    p.add_argument("--metrics-port", type=int, default=9100, help="0 disables /metrics")
+    p.add_argument("--name", default="edgestream", help="pipeline name (shm, sockets, metrics)")
+    p.set_defaults(func=cmd_run)
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    if args.config is not None:
+        if args.camera or args.weights or args.random_weights:
+            raise ValueError("give either -c CONFIG or --camera/--weights flags, not both")
+        return load_config(args.config)
+    if not args.camera:
+        raise ValueError("give -c CONFIG, or at least one --camera ID=URL")
+    cameras = dict(parse_camera_arg(c) for c in args.camera)
+    return quick_config(
+        cameras,
+        weights=args.weights,
+        arch=args.arch,
+        backend=args.backend,
+        redis_url=args.redis,
+        realtime=args.realtime,
+        metrics_port=args.metrics_port,
+        random_weights=args.random_weights,
+        jsonl_path=None if args.jsonl is None else args.jsonl / "{camera}.jsonl",
+        device=args.device,
+        name=args.name,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return run_pipeline(config_from_args(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.run run ...`` (the same as ``edgestream run ...``)."""
+    import sys
+
+    from pipeline.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="edgestream")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"edgestream run: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

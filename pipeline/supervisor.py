@@ -1,0 +1,271 @@
+"""The supervisor: starts the stage processes, keeps them alive, stops them cleanly.
+
+* **Start**: stale shared-memory segments of dead owners are removed (a SIGKILLed run leaves
+  them), the run folder for ipc socket files is created, and one process per stage is spawned
+  (``multiprocessing`` spawn context: no forked locks or CUDA state), preprocess ``workers``
+  times. See `pipeline.procs.child_main` for what each child sets up (title, faulthandler,
+  death signal).
+* **Restart**: a child that exits while the pipeline runs is restarted after a delay that
+  doubles per consecutive failure (``restart_backoff_min_s`` .. ``restart_backoff_max_s``) and
+  resets once it ran ``restart_reset_s``. A child exiting with `EXIT_CONFIG` (its
+  configuration cannot work: bad weights...) is fatal: the supervisor stops and returns non-zero.
+* **Stop** (`stop`, on SIGTERM/SIGINT in `run`): upstream first — decode stops its cameras,
+  then each stage in pipeline order gets its stop signal after the one before it exited, so
+  what is in flight drains downstream; the whole stop is bounded by ``stop_timeout_s`` (10 s),
+  after which stragglers are SIGKILLed. Then its shared-memory segments and socket files are
+  removed. Children also die with the supervisor (``PR_SET_PDEATHSIG``), so even a SIGKILL of
+  the supervisor leaves no orphans; the next start removes the segments they left.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import STAGES, PipelineConfig
+from pipeline.edges import EdgePlan, plan_edges
+from pipeline.procs import EXIT_CONFIG, ChildSpec, child_main, set_title
+from pipeline.shm import NAME_PREFIX, cleanup_stale, list_segments
+from pipeline.stats import StatsBoard
+
+log = logging.getLogger("edgestream.supervisor")
+
+
+@dataclass
+class _Child:
+    spec: ChildSpec
+    stop: Any
+    proc: Any = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    restarts: int = 0
+    exit_codes: list[int] = field(default_factory=list)
+
+
+class FatalPipelineError(RuntimeError):
+    """A stage cannot run with this configuration; restarting would not help."""
+
+
+class Supervisor:
+    """Owns the process tree of one pipeline. ``start()``, then ``poll()`` regularly (or
+    ``run()`` which does both and handles signals), ``stop()`` at the end."""
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        *,
+        log_level: str = "INFO",
+        stop_timeout_s: float = 10.0,
+        restart_backoff_min_s: float = 0.5,
+        restart_backoff_max_s: float = 10.0,
+        restart_reset_s: float = 30.0,
+    ) -> None:
+        self.cfg = cfg
+        self.log_level = log_level
+        self.stop_timeout_s = stop_timeout_s
+        self.backoff_min_s = restart_backoff_min_s
+        self.backoff_max_s = restart_backoff_max_s
+        self.restart_reset_s = restart_reset_s
+        self._mp = mp.get_context("spawn")
+        self.done = self._mp.Event()  # set by the sink when an offline run finished
+        self.stats_q = self._mp.Queue(maxsize=1000)
+        self.board = StatsBoard()
+        self.children: dict[str, _Child] = {}
+        self.edges: dict[str, EdgePlan] = {}
+        self.fatal: str | None = None
+        self.started = False
+        self.stopping = False
+        self._run_dir: Path | None = None
+        self._own_run_dir = False
+        self.on_poll: list[Callable[[Supervisor], None]] = []
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        removed = cleanup_stale(NAME_PREFIX)
+        if removed:
+            log.info("removed %d stale shared-memory segment(s) of dead processes", len(removed))
+        ipc_dir = self.cfg.transport.ipc_dir
+        if ipc_dir is not None:
+            Path(ipc_dir).mkdir(parents=True, exist_ok=True)
+            self._run_dir = Path(ipc_dir)
+        else:
+            self._run_dir = Path(tempfile.mkdtemp(prefix=f"edgestream-{self.cfg.name}-"))
+            self._own_run_dir = True
+        self.edges = plan_edges(self.cfg, self._run_dir)
+        for role in STAGES:
+            if not self.cfg.runs(role):
+                continue
+            count = self.cfg.preprocess.workers if role == "preprocess" else 1
+            for i in range(count):
+                spec = ChildSpec(role, i, self.cfg.name, os.getpid())
+                self.children[spec.key] = _Child(spec, self._mp.Event())
+        for child in reversed(list(self.children.values())):  # consumers first: binders up
+            self._spawn(child)
+        self.started = True
+        log.info("pipeline %s started: %s", self.cfg.name,
+                 ", ".join(f"{k}={c.proc.pid}" for k, c in self.children.items()))  # fmt: skip
+
+    def _spawn(self, child: _Child) -> None:
+        child.stop.clear()
+        proc = self._mp.Process(
+            target=child_main,
+            args=(
+                child.spec,
+                self.cfg,
+                self.edges,
+                child.stop,
+                self.done,
+                self.stats_q,
+                self.log_level,
+            ),
+            name=child.spec.title,
+            daemon=True,
+        )
+        proc.start()
+        child.proc = proc
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def poll(self) -> None:
+        """Collect stats; restart children that died (with backoff); detect fatal exits."""
+        self.board.drain(self.stats_q)
+        if self.stopping:
+            return
+        now = time.monotonic()
+        for key, child in self.children.items():
+            proc = child.proc
+            if proc is not None and proc.is_alive():
+                if child.failures and now - child.started_at > self.restart_reset_s:
+                    child.failures = 0
+                continue
+            if child.restart_at is None:
+                code = proc.exitcode if proc is not None else None
+                child.exit_codes.append(code if code is not None else -1)
+                if code == EXIT_CONFIG:
+                    self.fatal = f"{key} cannot run with this configuration (see its log above)"
+                    log.error("%s exited with a configuration error: not restarting", key)
+                    return
+                if code == 0 and self.done.is_set():
+                    continue
+                delay = min(self.backoff_max_s, self.backoff_min_s * 2**child.failures)
+                child.failures += 1
+                child.restart_at = now + delay
+                log.warning("%s (pid %s) exited with %s; restarting in %.1f s", key,
+                            getattr(proc, "pid", None), _describe_exit(code), delay)  # fmt: skip
+            elif now >= child.restart_at:
+                child.restarts += 1
+                self._spawn(child)
+                log.info("%s restarted (pid %d, restart #%d)", key, child.proc.pid, child.restarts)
+        for fn in self.on_poll:
+            fn(self)
+
+    def alive(self) -> bool:
+        """All children running (the /healthz answer)."""
+        return self.started and all(
+            c.proc is not None and c.proc.is_alive() for c in self.children.values()
+        )
+
+    def pids(self) -> dict[str, int]:
+        return {k: c.proc.pid for k, c in self.children.items() if c.proc is not None}
+
+    def stop(self) -> None:
+        """Drain upstream first and stop everything within ``stop_timeout_s``; clean up."""
+        if self.stopping:
+            return
+        self.stopping = True
+        deadline = time.monotonic() + self.stop_timeout_s - 0.5
+        order = list(self.children.values())  # pipeline order
+        for i, child in enumerate(order):
+            child.stop.set()
+            proc = child.proc
+            if proc is None:
+                continue
+            left = len(order) - i
+            budget = max(0.05, (deadline - time.monotonic()) / left)
+            proc.join(budget)
+        for child in order:
+            proc = child.proc
+            if proc is not None and proc.is_alive():
+                log.warning("%s did not stop in time: killing it", child.spec.key)
+                proc.kill()
+                proc.join(1.0)
+        self.board.drain(self.stats_q)
+        self.cleanup()
+        log.info("pipeline %s stopped", self.cfg.name)
+
+    def cleanup(self) -> None:
+        """Remove this pipeline's shm segments (owners are dead now) and socket files."""
+        prefix = f"{NAME_PREFIX}{self.cfg.name}-"
+        mine = {str(c.proc.pid) for c in self.children.values() if c.proc is not None}
+        cleanup_stale(prefix)
+        for path in list_segments(prefix):  # segments of our children, dead or not
+            if path.name[len(prefix) :].split("-", 1)[0] in mine:
+                path.unlink(missing_ok=True)
+        if self._run_dir is not None:
+            if self._own_run_dir:
+                shutil.rmtree(self._run_dir, ignore_errors=True)
+            else:
+                for plan in self.edges.values():
+                    for ep in (plan.sender, plan.receiver):
+                        if ep.is_ipc and ep.mode == "bind":
+                            Path(ep.url[len("ipc://") :]).unlink(missing_ok=True)
+        try:
+            self.stats_q.close()
+            self.stats_q.join_thread()
+        except (OSError, ValueError, AssertionError):
+            pass
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, poll_s: float = 0.1, until: Callable[[], bool] | None = None) -> int:
+        """Start, supervise until a signal, an offline run's end or a fatal error; stop.
+
+        Returns the exit status: 0 (signal or offline end), 2 (fatal configuration error).
+        """
+        set_title(f"edgestream[{self.cfg.name}] supervisor")
+        stop_requested = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("%s: stopping", signal.Signals(signum).name)
+            stop_requested.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            if not self.started:
+                self.start()
+            while not stop_requested.is_set():
+                self.poll()
+                if self.fatal is not None or self.done.is_set():
+                    break
+                if until is not None and until():
+                    break
+                stop_requested.wait(poll_s)
+        finally:
+            self.stop()
+            for s, h in previous.items():
+                signal.signal(s, h)
+        if self.fatal is not None:
+            log.error("pipeline %s failed: %s", self.cfg.name, self.fatal)
+            return 2
+        return 0
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no status"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"

@@ -1,0 +1,144 @@
+"""Track stage glue: per-camera reordering by ``seq``, then `stages.track.TrackStage`.
+
+Detections reach this stage out of order (several preprocess workers, batches that mix
+cameras); the tracker needs each camera's frames in order. A `pipeline.reorder.Reorderer`
+releases them in ``seq`` order: tombstones (`DropMsg`) fill gaps at once, and a gap that stays
+open longer than the camera's timeout is skipped (realtime: ``reorder_timeout_ms``; offline: a
+long safety timeout, hit only when a stage crashed with frames in flight).
+
+Every detection of a frame is published: those matched by a confirmed track carry its id, the
+others ``track_id: null`` (not yet confirmed, or ignored by the tracker as too small or too
+weak). So the sink sees exactly the detector's output plus ids — what ``edgestream detect``
+prints, frame for frame, when nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, Message, TrackedMsg
+from pipeline.reorder import Reorderer
+from stages.sinks.messages import TrackedObject, class_name, track_events_from
+from stages.track.stage import TrackStage, TrackStageConfig
+
+log = logging.getLogger("edgestream.track")
+
+STAGE = "track"
+
+
+@dataclass(frozen=True)
+class OrderedTrackConfig:
+    """track: the tracker settings. class_names: names by class id (``class_<id>`` beyond).
+    realtime_cameras: cameras whose gaps are skipped after ``reorder_timeout_ms``; the others
+    wait up to ``offline_timeout_s`` (a crash upstream lost frames in flight).
+    """
+
+    track: TrackStageConfig = field(default_factory=TrackStageConfig)
+    class_names: Sequence[str] = ()
+    realtime_cameras: frozenset[str] = field(default_factory=frozenset)
+    reorder_timeout_ms: float = 500.0
+    offline_timeout_s: float = 60.0
+
+
+class OrderedTrackStage:
+    """``setup() / process(msg) / tick(now) / close()``: DetectionsMsg in order → TrackedMsg."""
+
+    poll_interval_ms = 20
+
+    def __init__(
+        self,
+        config: OrderedTrackConfig,
+        on_skipped: Callable[[str, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.tracker = TrackStage(config.track)
+        self.live: Reorderer[DetectionsMsg] = Reorderer(config.reorder_timeout_ms / 1e3)
+        self.offline: Reorderer[DetectionsMsg] = Reorderer(config.offline_timeout_s)
+        self._ends: dict[str, EndMsg] = {}
+        self.on_skipped = on_skipped  # (camera, how many seqs) skipped after a timeout
+
+    def setup(self) -> None:
+        self.tracker.setup()
+
+    def _reorderer(self, camera_id: str) -> Reorderer[DetectionsMsg]:
+        return self.live if camera_id in self.config.realtime_cameras else self.offline
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        now = time.monotonic()
+        if isinstance(msg, DetectionsMsg):
+            released = self._reorderer(msg.camera_id).push(msg.camera_id, msg.seq, msg, now)
+        elif isinstance(msg, DropMsg):
+            released = self._reorderer(msg.camera_id).push(msg.camera_id, msg.seq, None, now)
+        elif isinstance(msg, EndMsg):
+            self._reorderer(msg.camera_id).end(msg.camera_id, msg.last_seq)
+            self._ends[msg.camera_id] = msg
+            released = []
+        else:
+            log.warning("track: ignoring unexpected %s", type(msg).__name__)
+            return []
+        return self._track(released)
+
+    def tick(self, now: float | None = None) -> Iterable[Message]:
+        mono = time.monotonic()
+        out: list[DetectionsMsg] = []
+        for r in (self.live, self.offline):
+            before = r.stats.skipped
+            out += r.expire(mono)
+            if r.stats.skipped != before:
+                log.warning("track: skipped %d missing frame(s) after the reorder timeout",
+                            r.stats.skipped - before)  # fmt: skip
+        return self._track(out)
+
+    def close(self) -> list[Message]:
+        self.tracker.close()
+        return []
+
+    def _track(self, released: list[DetectionsMsg]) -> list[Message]:
+        out: list[Message] = [self._tracked(d) for d in released]
+        for cam, end in list(self._ends.items()):
+            if self._reorderer(cam).finished(cam):
+                del self._ends[cam]
+                out.append(end)
+        return out
+
+    def _tracked(self, d: DetectionsMsg) -> TrackedMsg:
+        result = self.tracker.tracker(d.camera_id).update(
+            d.boxes, d.scores, d.class_ids, d.capture_ts
+        )
+        tracks = result.tracks
+        names = self.config.class_names
+        track_ids: list[int | None] = [None] * len(d.scores)
+        boxes = d.boxes
+        if len(tracks):
+            boxes = boxes.copy()
+            for row, det_index in enumerate(tracks.detection_index.tolist()):
+                track_ids[det_index] = int(tracks.track_ids[row])
+                boxes[det_index] = tracks.boxes[row]
+        objects = tuple(
+            TrackedObject(
+                tid, int(c), class_name(names, int(c)), float(s), (b[0], b[1], b[2], b[3])
+            )
+            for tid, c, s, b in zip(
+                track_ids,
+                d.class_ids.tolist(),
+                d.scores.tolist(),
+                np.asarray(boxes, np.float64).tolist(),
+                strict=True,
+            )
+        )
+        return TrackedMsg(
+            camera_id=d.camera_id,
+            frame_id=d.frame_id,
+            seq=d.seq,
+            capture_ts=d.capture_ts,
+            width=d.width,
+            height=d.height,
+            objects=objects,
+            events=track_events_from(result.events, names),
+            stage_ts={**d.stage_ts, STAGE: time.time()},
+        )

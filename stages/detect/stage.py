@@ -1,0 +1,205 @@
+"""The detect stage: deadline-aware batches of letterboxed items → one backend call → detections.
+
+``process(item)`` queues an `ItemMsg` in a `pipeline.batching.BatchPolicy`; a batch runs when
+it is full or ``max_wait_ms`` after its first item (``tick`` runs due batches when no message
+comes, and `next_deadline` tells the runner how long it may block). Items of realtime cameras
+older than ``max_frame_age_ms`` are dropped (``DropMsg`` reason ``stale``); items whose shm slot
+was overwritten before the gather are dropped with reason ``overwritten``.
+
+The batch is gathered by `stages.detect.gather` (host array, or pinned slabs → device tensor
+with CUDA and the torch backend), the backend runs once, and boxes are mapped back to source
+pixels with each item's letterbox meta, exactly as `Detector.detect` does — so the pipeline's
+detections equal `edgestream detect`'s frame for frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.batching import BatchPolicy
+from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, ItemMsg, Message
+from stages.detect.gather import CudaGatherer, Gathered, HostGatherer
+from stages.detect.types import Backend, Detections
+
+log = logging.getLogger("edgestream.detect.stage")
+
+STAGE = "detect"
+
+
+@dataclass(frozen=True)
+class DetectStageConfig:
+    """max_batch: images per backend call (<= the backend's max_batch).
+    max_wait_ms: how long the first item of a batch may wait for company.
+    max_frame_age_ms: realtime items older than this (capture → now) are dropped; None: never.
+    realtime_cameras: the cameras whose items may be dropped when stale (live sources).
+    """
+
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    max_frame_age_ms: float | None = 1000.0
+    realtime_cameras: frozenset[str] = field(default_factory=frozenset)
+
+
+def _torch_cuda_device(backend: Backend) -> Any | None:
+    """The CUDA device of a torch backend, else None (host path)."""
+    if getattr(backend, "name", None) != "torch":
+        return None
+    device = getattr(backend, "device", None)
+    return device if getattr(device, "type", None) == "cuda" else None
+
+
+def infer_device_batch(backend: Any, batch: Any) -> list[Detections]:
+    """Run the torch backend on a uint8 CUDA tensor already on its device.
+
+    `TorchBackend.infer` takes host arrays (and stages them through its own pinned buffer);
+    this feeds the device batch gathered from pinned slabs directly (its ``_forward`` and the
+    shared postprocess), on the current stream.
+    """
+    import torch
+
+    from stages.detect.postprocess import postprocess
+
+    with torch.inference_mode():
+        boxes, scores = backend._forward(batch)
+        return postprocess(boxes, scores, backend.nms_params)
+
+
+class DetectStage:
+    """``setup() / process(msg) / tick(now) / close()`` around one backend."""
+
+    def __init__(
+        self,
+        open_backend: Callable[[], Backend],
+        config: DetectStageConfig,
+        on_batch: Callable[[int, float], None] | None = None,
+        on_drop: Callable[[DropMsg], None] | None = None,
+    ) -> None:
+        self.open_backend = open_backend
+        self.config = config
+        self.on_batch = on_batch  # (batch size, seconds in gather + inference + mapping)
+        self.on_drop = on_drop
+        self.policy: BatchPolicy[ItemMsg] = BatchPolicy(
+            config.max_batch, config.max_wait_ms, config.max_frame_age_ms
+        )
+        self.backend: Backend | None = None
+        self._gather: HostGatherer | CudaGatherer | None = None
+        self.batches = 0
+        self.frames = 0
+
+    def setup(self) -> None:
+        self.backend = self.open_backend()
+        if self.backend.max_batch < self.config.max_batch:
+            raise ValueError(
+                f"detect: max_batch {self.config.max_batch} exceeds the backend's "
+                f"{self.backend.max_batch}"
+            )
+        hw = self.backend.info.input_hw
+        device = _torch_cuda_device(self.backend)
+        if device is not None:
+            self._gather = CudaGatherer(self.config.max_batch, hw, device)
+            log.info("detect: pinned-slab gather on %s (own CUDA stream)", device)
+        else:
+            self._gather = HostGatherer(self.config.max_batch, hw)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        assert self.backend is not None
+        return self.backend.info.input_hw
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time of the next batch deadline (None: nothing waiting)."""
+        return self.policy.deadline()
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        if isinstance(msg, ItemMsg):
+            realtime = msg.camera_id in self.config.realtime_cameras
+            self.policy.add(msg.camera_id, msg, time.monotonic(), msg.capture_ts, realtime)
+            return self._run_due()
+        if isinstance(msg, DropMsg | EndMsg):
+            return [msg, *self._run_due()]
+        log.warning("detect: ignoring unexpected %s", type(msg).__name__)
+        return []
+
+    def tick(self, now: float | None = None) -> Iterable[Message]:
+        return self._run_due()
+
+    def flush(self) -> list[Message]:
+        """Run everything still waiting (shutdown: what was queued is not lost)."""
+        out: list[Message] = []
+        while len(self.policy):
+            taken = self.policy.take(time.monotonic(), time.time(), force=True)
+            out += [self._drop(i, "stale") for i in taken.stale]
+            if taken.batch:
+                out += self._run(taken.batch)
+        return out
+
+    def close(self) -> None:
+        if self._gather is not None:
+            self._gather.close()
+            self._gather = None
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    # ------------------------------------------------------------------------------ internals
+    def _run_due(self) -> list[Message]:
+        out: list[Message] = []
+        while True:
+            taken = self.policy.take(time.monotonic(), time.time())
+            out += [self._drop(i, "stale") for i in taken.stale]
+            if not taken.batch:
+                return out
+            out += self._run(taken.batch)
+
+    def _run(self, items: list[ItemMsg]) -> list[Message]:
+        assert self.backend is not None and self._gather is not None
+        t0 = time.perf_counter()
+        g: Gathered = self._gather.gather(items)
+        out: list[Message] = [self._drop(i, "overwritten") for i in g.lost]
+        if not g.items:
+            return out
+        if isinstance(g.batch, np.ndarray):
+            dets = self.backend.infer(g.batch)
+        else:
+            with self._gather_stream():
+                dets = infer_device_batch(self.backend, g.batch)
+        now = time.time()
+        for item, det in zip(g.items, dets, strict=True):
+            boxes = item.letterbox.to_source(det.boxes)
+            out.append(
+                DetectionsMsg(
+                    camera_id=item.camera_id,
+                    frame_id=item.frame_id,
+                    seq=item.seq,
+                    capture_ts=item.capture_ts,
+                    width=item.width,
+                    height=item.height,
+                    boxes=np.ascontiguousarray(boxes, np.float32),
+                    scores=np.ascontiguousarray(det.scores, np.float32),
+                    class_ids=np.ascontiguousarray(det.class_ids, np.int64),
+                    stage_ts={**item.stage_ts, STAGE: now},
+                )
+            )
+        self.batches += 1
+        self.frames += len(g.items)
+        if self.on_batch is not None:
+            self.on_batch(len(g.items), time.perf_counter() - t0)
+        return out
+
+    def _gather_stream(self) -> Any:
+        import torch
+
+        assert isinstance(self._gather, CudaGatherer)
+        return torch.cuda.stream(self._gather.stream)
+
+    def _drop(self, item: ItemMsg, reason: str) -> DropMsg:
+        drop = DropMsg(item.camera_id, item.seq, STAGE, reason, frame_id=item.frame_id)
+        if self.on_drop is not None:
+            self.on_drop(drop)
+        return drop

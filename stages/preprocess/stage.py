@@ -1,0 +1,110 @@
+"""The preprocess stage: frame in (shm ring or inline), letterboxed uint8 CHW item out.
+
+Letterboxing is `stages.detect.preprocess.letterbox`, the exact preprocessing of `edgestream
+detect`, so the pipeline's detections equal the command's. The output goes into a slot of this
+worker's own shared-memory slab (same host: only a descriptor travels to detect) or inline in
+the message (``inline=True``, for a tcp edge to a detect stage on another host).
+
+A frame whose ring slot was overwritten before it was read (the camera lapped a slow worker)
+becomes a `DropMsg` with reason ``overwritten``: downstream reordering does not wait for it,
+and the drop is counted. `DropMsg` and `EndMsg` pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.messages import DropMsg, EndMsg, FrameMsg, ItemMsg, Message, ShmRef
+from pipeline.shm import ShmReader, ShmRing
+from stages.detect.preprocess import letterbox
+
+log = logging.getLogger("edgestream.preprocess")
+
+STAGE = "preprocess"
+
+
+@dataclass(frozen=True)
+class PreprocessStageConfig:
+    """slab_name: name of this worker's output ring (None with ``inline``).
+    slab_slots: slots in it. Each holds one (3, H, W) item until detect has read it; size it to
+        cover the items queued between here and the detect stage (queue capacity + a batch),
+        or items are overwritten (dropped) before detect reads them.
+    input_hw: model input (height, width). inline: send pixels in the message instead.
+    """
+
+    slab_name: str | None
+    slab_slots: int = 32
+    input_hw: tuple[int, int] = (640, 640)
+    inline: bool = False
+
+
+class PreprocessStage:
+    """``setup() / process(msg) / close()``: letterbox each `FrameMsg` into an `ItemMsg`."""
+
+    def __init__(
+        self,
+        config: PreprocessStageConfig,
+        on_drop: Callable[[DropMsg], None] | None = None,
+    ) -> None:
+        if not config.inline and not config.slab_name:
+            raise ValueError("preprocess: slab_name is required unless inline=True")
+        self.config = config
+        self.on_drop = on_drop
+        self._reader = ShmReader()
+        self._slab: ShmRing | None = None
+        self._frame_buf: np.ndarray | None = None
+        self.processed = 0
+        self.dropped = 0
+
+    def setup(self) -> None:
+        if not self.config.inline:
+            h, w = self.config.input_hw
+            assert self.config.slab_name is not None
+            self._slab = ShmRing.create(self.config.slab_name, self.config.slab_slots, 3 * h * w)
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        if not isinstance(msg, FrameMsg):
+            if isinstance(msg, DropMsg | EndMsg):
+                return [msg]
+            log.warning("preprocess: ignoring unexpected %s", type(msg).__name__)
+            return []
+        if isinstance(msg.pixels, ShmRef):
+            rgb = self._reader.read(msg.pixels, out=self._frame_out(msg))
+            if rgb is None:
+                return [self._drop(msg, "overwritten")]
+        else:
+            rgb = msg.pixels
+        pixels: ShmRef | np.ndarray
+        if self._slab is not None and isinstance(msg.pixels, ShmRef):
+            with self._slab.writing((3, *self.config.input_hw)) as w:
+                _, meta = letterbox(rgb, out=w.array, input_hw=self.config.input_hw)
+            pixels = w.ref
+        else:  # inline in, inline out: an offline frame, or a tcp edge
+            pixels, meta = letterbox(rgb, input_hw=self.config.input_hw)
+        self.processed += 1
+        return [ItemMsg.from_frame(msg, meta, pixels, {**msg.stage_ts, STAGE: time.time()})]
+
+    def close(self) -> None:
+        self._reader.close()
+        if self._slab is not None:
+            self._slab.close()
+            self._slab = None
+
+    def _frame_out(self, msg: FrameMsg) -> np.ndarray:
+        """A reusable buffer for frames copied out of a ring."""
+        shape = (msg.height, msg.width, 3)
+        if self._frame_buf is None or self._frame_buf.shape != shape:
+            self._frame_buf = np.empty(shape, np.uint8)
+        return self._frame_buf
+
+    def _drop(self, msg: FrameMsg, reason: str) -> DropMsg:
+        self.dropped += 1
+        drop = DropMsg(msg.camera_id, msg.seq, STAGE, reason, frame_id=msg.frame_id)
+        if self.on_drop is not None:
+            self.on_drop(drop)
+        return drop

@@ -1,0 +1,95 @@
+"""The pure policies of the runtime, in memory: batching (deadline, fairness, staleness) and
+per-camera reordering (in-order release, tombstones, gap timeout, restarts, end markers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.batching import BatchPolicy
+from pipeline.reorder import Reorderer
+
+
+def test_batch_leaves_when_full_or_at_deadline() -> None:
+    p: BatchPolicy[int] = BatchPolicy(max_batch=3, max_wait_ms=10)
+    p.add("a", 1, now_s=0.0, capture_ts=100.0)
+    p.add("b", 2, now_s=0.001, capture_ts=100.0)
+    assert p.take(0.005, 100.0).batch == []  # neither full nor due
+    assert p.deadline() == pytest.approx(0.010)
+    assert p.take(0.0101, 100.0).batch == [1, 2]  # due: 10 ms after the first item
+    assert len(p) == 0 and p.deadline() is None
+    for i in range(3):
+        p.add(f"c{i}", 10 + i, now_s=1.0, capture_ts=100.0)
+    assert p.take(1.0, 100.0).batch == [10, 11, 12]  # full: leaves at once
+
+
+def test_one_item_per_camera_unless_behind() -> None:
+    p: BatchPolicy[str] = BatchPolicy(max_batch=4, max_wait_ms=0)
+    for i in range(6):  # camera a is far behind
+        p.add("a", f"a{i}", now_s=i * 0.001, capture_ts=1.0)
+    p.add("b", "b0", now_s=0.010, capture_ts=1.0)
+    p.add("c", "c0", now_s=0.011, capture_ts=1.0)
+    batch = p.take(1.0, 1.0).batch
+    assert set(batch) == {"a0", "b0", "c0", "a1"}  # b and c are not starved by a's backlog
+    assert p.take(1.0, 1.0).batch == ["a2", "a3", "a4", "a5"]  # a alone: fills the batch
+
+
+def test_stale_realtime_items_dropped_offline_kept() -> None:
+    p: BatchPolicy[str] = BatchPolicy(max_batch=8, max_wait_ms=50, max_frame_age_ms=100)
+    p.add("live", "old", now_s=0.0, capture_ts=10.0, droppable=True)
+    p.add("live", "new", now_s=0.0, capture_ts=10.15, droppable=True)
+    p.add("file", "offline", now_s=0.0, capture_ts=9.0, droppable=False)
+    taken = p.take(0.001, wall_now=10.2)
+    assert taken.stale == ["old"] and taken.batch == []
+    assert p.take(0.06, wall_now=10.2).batch == ["new", "offline"]
+
+
+def test_force_and_drain() -> None:
+    p: BatchPolicy[int] = BatchPolicy(max_batch=2, max_wait_ms=1000)
+    for i in range(3):
+        p.add("a", i, now_s=float(i), capture_ts=1.0)
+    assert p.take(0.0, 1.0, force=True).batch == [0, 1]
+    assert p.drain() == [2] and len(p) == 0
+
+
+def test_bad_policy_arguments() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        BatchPolicy(0, 10)
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        BatchPolicy(1, -1)
+
+
+def test_reorder_in_order_with_tombstones() -> None:
+    r: Reorderer[str] = Reorderer(timeout_s=None)
+    assert r.push("a", 0, "f0", 0.0) == ["f0"]
+    assert r.push("a", 2, "f2", 0.0) == []  # waits for 1
+    assert r.push("b", 0, "b0", 0.0) == ["b0"]  # other cameras unaffected
+    assert r.push("a", 3, "f3", 0.0) == []
+    assert r.push("a", 1, None, 0.0) == ["f2", "f3"]  # a tombstone fills the gap at once
+    assert r.expire(1e9) == []  # offline: never skips
+    assert r.stats.tombstones == 1 and r.stats.released == 4
+
+
+def test_reorder_gap_timeout_and_late_arrival() -> None:
+    r: Reorderer[str] = Reorderer(timeout_s=0.1)
+    r.push("a", 0, "f0", 0.0)
+    assert r.push("a", 2, "f2", 1.0) == []
+    assert r.expire(1.05) == []
+    assert r.expire(1.11) == ["f2"]  # gap at 1 skipped
+    assert r.stats.skipped == 1
+    assert r.push("a", 1, "f1", 1.2) == []  # too late: not sent out of order
+    assert r.stats.late == 1
+    assert r.push("a", 3, "f3", 1.3) == ["f3"]
+
+
+def test_reorder_restart_and_end() -> None:
+    r: Reorderer[str] = Reorderer(timeout_s=None)
+    r.push("a", 0, "x0", 0.0)
+    r.push("a", 1, "x1", 0.0)
+    assert r.push("a", 3, "x3", 0.0) == []
+    assert r.push("a", 0, "y0", 0.0) == ["x3", "y0"]  # decode restarted: start over
+    assert r.stats.restarts == 1
+    r.end("a", 2)
+    assert not r.finished("a")
+    r.push("a", 2, "y2", 0.0)
+    r.push("a", 1, None, 0.0)
+    assert r.finished("a")
