@@ -64,7 +64,8 @@ class DemoOptions:
     cameras: int = 2  # synthetic cameras (1..8)
     scene_seconds: float = 20.0  # length of each scene before it loops (s)
     seed: int = DEMO_SEED
-    seconds: float | None = None  # run time (s); None: until Ctrl-C
+    seconds: float | None = None  # run time (s) from the first result; None: until Ctrl-C
+    warmup_timeout_s: float = 180.0  # start-up (processes, model load) allowed before a result
     weights: Path | None = None  # None: the demo model
     random_weights: bool = False  # a seeded random network: every stage runs, boxes meaningless
     backend: str = "auto"
@@ -106,7 +107,8 @@ class CameraSummary:
 
 @dataclass
 class DemoSummary:
-    seconds: float
+    seconds: float  # streaming: from the first result to the stop
+    startup_seconds: float  # from start to the first result (processes, model load)
     weights: str
     redis_url: str
     cameras: list[CameraSummary]
@@ -245,14 +247,30 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
         table = LiveTable(out) if opts.table else None
         pipe = Pipeline(cfg, log_level=opts.log_level)
         t0 = time.monotonic()
+        streaming_since: float | None = None  # when the first result reached Redis
         fatal = None
         stop = threading.Event()
         restore = _on_stop_signals(stop)
         try:
             pipe.start()
             reader.start()
-            while opts.seconds is None or time.monotonic() - t0 < opts.seconds:
-                left = (opts.seconds or 1e9) - (time.monotonic() - t0)
+            while True:
+                now = time.monotonic()
+                if streaming_since is None and reader.total_messages():
+                    streaming_since = now
+                    print(f"demo: first results after {now - t0:.1f} s of start-up", file=out)
+                if streaming_since is None and now - t0 > opts.warmup_timeout_s:
+                    fatal = (
+                        f"no result reached Redis within {opts.warmup_timeout_s:g} s of "
+                        "start-up (see the stage logs above)"
+                    )
+                    break
+                if opts.seconds is not None and streaming_since is not None:
+                    left = opts.seconds - (now - streaming_since)
+                    if left <= 0:
+                        break
+                else:
+                    left = 1.0
                 if stop.wait(min(1.0, max(0.05, left))):
                     print("\ndemo: stopping…", file=out)
                     break
@@ -260,8 +278,12 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
                     fatal = pipe.supervisor.fatal
                     break
                 if table is not None:
-                    el = time.monotonic() - t0
-                    table.update(f"edgestream demo — {el:.0f} s — model {label} — Ctrl-C stops",
+                    state = (
+                        f"{time.monotonic() - streaming_since:.0f} s"
+                        if streaming_since is not None
+                        else "starting (loading the model)…"
+                    )
+                    table.update(f"edgestream demo — {state} — model {label} — Ctrl-C stops",
                                  rows(pipe.stats()["cameras"], reader.snapshot()))  # fmt: skip
         except KeyboardInterrupt:
             print("\ndemo: stopping…", file=out)
@@ -274,11 +296,14 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
             reader.stop(drain_s=3.0)
             if video is not None:
                 video.close()
-        elapsed = time.monotonic() - t0
+        end = time.monotonic()
+        startup = (streaming_since or end) - t0
+        elapsed = end - (streaming_since or end)
         counts = reader.snapshot()
         written = video.video.written if video is not None else {}
         summary = DemoSummary(
             seconds=round(elapsed, 1),
+            startup_seconds=round(startup, 1),
             weights=label,
             redis_url=red.url,
             fatal=fatal,
@@ -334,7 +359,10 @@ def _on_stop_signals(stop: threading.Event) -> Callable[[], None]:
 
 
 def format_summary(s: DemoSummary) -> str:
-    lines = [f"demo summary ({s.seconds:g} s, model {s.weights}):"]
+    lines = [
+        f"demo summary ({s.seconds:g} s of results after {s.startup_seconds:g} s of start-up, "
+        f"model {s.weights}):"
+    ]
     for c in s.cameras:
         lat = (
             "-" if c.latency_p50_ms is None else f"{c.latency_p50_ms:.0f}/{c.latency_p99_ms:.0f} ms"

@@ -16,7 +16,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(decode → detect → track → Redis), shows a live per-camera table, and writes "
         "annotated videos. Ctrl-C stops it; --seconds N runs N seconds and exits 0.",
     )
-    p.add_argument("--seconds", type=float, default=None, help="run this long, then exit (s)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="run this long after the first result (start-up not counted), then exit (s)",
+    )
     p.add_argument("--cameras", type=int, default=2, help="synthetic cameras, 1..8 (2)")
     p.add_argument(
         "--weights",

@@ -97,6 +97,10 @@ class ResultReader:
         self._draining.set()
         self._thread.join(drain_s + 5.0)
 
+    def total_messages(self) -> int:
+        with self.lock:
+            return sum(c.messages for c in self.counts.values())
+
     def snapshot(self) -> dict[str, CameraCounts]:
         with self.lock:
             return {
