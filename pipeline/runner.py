@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from pipeline.messages import DropMsg, EndMsg, Message, MessageError, kind_of, seq_of
+from pipeline.shm import ShmError
 from pipeline.transport import Receiver, Sender, StopFlag
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,17 @@ def run_stage(
                 c.dropped[(m.camera_id, m.reason)] += 1
             for s in senders:
                 must = isinstance(m, EndMsg) or blocking(m)
-                if draining:
-                    ok = s.send(m, block=must, timeout_s=drain_timeout_s, check_stop=False)
-                else:
-                    ok = s.send(m, block=must)
+                try:
+                    if draining:
+                        ok = s.send(m, block=must, timeout_s=drain_timeout_s, check_stop=False)
+                    else:
+                        ok = s.send(m, block=must)
+                except (MessageError, ShmError) as e:  # this message only (a bad array, ...)
+                    c.errors[m.camera_id] += 1
+                    c.dropped[(m.camera_id, "send_error")] += 1
+                    log.error("%s: cannot send %s camera=%s seq=%s to %s: %s",
+                              name, kind_of(m), m.camera_id, seq_of(m), s.name, e)  # fmt: skip
+                    continue
                 if ok:
                     c.sent[m.camera_id] += 1
                 else:  # downstream sees a seq gap (its reordering times out on it)

@@ -241,8 +241,10 @@ class ShmRing:
             self.path.unlink()
 
     def __del__(self) -> None:
-        if getattr(self, "owner", False):
+        # an owner dropped without close(): unlink, but never from a forked child
+        if getattr(self, "owner", False) and _OWNED.get(str(self.path)) == os.getpid():
             self.unlink()
+            _OWNED.pop(str(self.path), None)
 
     def __enter__(self) -> ShmRing:
         return self

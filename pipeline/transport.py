@@ -23,8 +23,9 @@ without a pool (tcp edges), and for blocking (offline) sends, the pixels go inli
 frames without a copy (``copy=False``; parts under 64 KiB are copied by pyzmq, which is cheaper
 for them). Offline sends go inline because a ring overwrites slots the consumer has not read yet
 and nothing bounds the descriptors in flight tightly enough to prevent it; inline, ZeroMQ's flow
-control makes "block and lose nothing" hold. A `ShmRef` that reaches a sender without a pool,
-or a blocking send, is resolved to inline pixels (a stage wrote into its own slab).
+control makes "block and lose nothing" hold. A `ShmRef` given to a blocking send, or to an
+``inline`` sender (default for tcp), is resolved to inline pixels; on a non-blocking ipc send it
+passes as it is (a stage that wrote into its own slab).
 
 Receiving: `Receiver.recv` returns the decoded message; its ``pixels`` option says what a
 consumer gets for a `ShmRef`: ``"copy"`` an ndarray copied out of the ring (an overwritten slot
@@ -41,7 +42,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import numpy as np
 import zmq
@@ -228,7 +229,9 @@ class Sender:
     """The PUSH end of an edge.
 
     endpoint: see the module doc (bare: connect). capacity: messages queued on the edge.
-    shm: a pool to move inline pixels into shared memory (same-host edges), or None (inline).
+    shm: a pool to move the pixel arrays of realtime sends into shared memory (ipc edges).
+    inline: True resolves `ShmRef` pixels into inline arrays (an edge to another host); default:
+        True for tcp endpoints, False for ipc (descriptors pass through as they are).
     stop: checked while a blocking send waits, so shutdown never hangs on a full queue.
     """
 
@@ -238,6 +241,7 @@ class Sender:
         capacity: int = 8,
         *,
         shm: ShmPool | None = None,
+        inline: bool | None = None,
         stop: StopFlag | None = None,
         default_mode: Mode = "connect",
         kernel_buffer_bytes: int | None = None,
@@ -248,6 +252,9 @@ class Sender:
         )
         self.name = name or str(self.endpoint)
         self.shm = shm
+        self.inline = (not self.endpoint.is_ipc) if inline is None else inline
+        if self.inline and shm is not None:
+            raise ValueError(f"{self.name}: an inline edge does not use a shm pool")
         self.stop = stop
         self._reader: ShmReader | None = None
         hwm, _ = split_capacity(capacity)
@@ -266,15 +273,16 @@ class Sender:
         """Queues ``msg``. Non-blocking: False at once when the queue is full (the caller counts
         a drop). Blocking: waits for room, re-checking ``stop`` every 100 ms; False if ``stop``
         was set (``check_stop=False`` when draining after stop) or ``timeout_s`` passed."""
-        parts = encode_msg(self._prepare(msg, block))
-        try:
-            self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            self.sent += 1
-            return True
-        except zmq.Again:
-            if not block:
+        if not block:
+            # ZMQ_EVENTS makes libzmq process the pipe's pending "messages were read" commands
+            # first (send() only does so every ~1 ms), so a queue that has room is not refused
+            # spuriously; and a full queue is refused before a ring slot is spent on the frame.
+            events = cast(int, self.socket.get(zmq.EVENTS))
+            if not events & zmq.POLLOUT or not self._try(msg, block):
                 self.refused += 1
                 return False
+            return True
+        parts = encode_msg(self._prepare(msg, block))
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not (check_stop and self.stop is not None and self.stop.is_set()):
             wait_ms = 100
@@ -283,15 +291,23 @@ class Sender:
                 if left <= 0:
                     break
                 wait_ms = max(1, min(wait_ms, int(left * 1000)))
-            if self.socket.poll(wait_ms, zmq.POLLOUT):
-                try:
-                    self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-                    self.sent += 1
-                    return True
-                except zmq.Again:
-                    continue
+            if self.socket.poll(wait_ms, zmq.POLLOUT) and self._try(parts, block):
+                return True
         self.refused += 1
         return False
+
+    def _try(self, msg_or_parts: Message | list[bytes | memoryview], block: bool) -> bool:
+        parts = (
+            msg_or_parts
+            if isinstance(msg_or_parts, list)
+            else encode_msg(self._prepare(msg_or_parts, block))
+        )
+        try:
+            self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        self.sent += 1
+        return True
 
     def _prepare(self, msg: Message, block: bool) -> Message:
         """Pixels via the ring for realtime sends; inline for blocking (offline) sends and
@@ -302,9 +318,10 @@ class Sender:
         if not isinstance(msg, FrameMsg | ItemMsg):
             return msg
         pixels = msg.pixels
-        if self.shm is not None and not block and isinstance(pixels, np.ndarray):
-            return replace(msg, pixels=self.shm.write(msg.camera_id, pixels))
-        if (self.shm is None or block) and isinstance(pixels, ShmRef):
+        if isinstance(pixels, np.ndarray):
+            if self.shm is not None and not block:
+                return replace(msg, pixels=self.shm.write(msg.camera_id, pixels))
+        elif self.inline or block:
             if self._reader is None:
                 self._reader = ShmReader()
             arr = self._reader.read(pixels)

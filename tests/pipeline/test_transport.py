@@ -175,6 +175,31 @@ def test_nonblocking_send_refuses_without_peer_and_when_full(ipc: str) -> None:
         del rx
 
 
+def test_nonblocking_sends_one_at_a_time_are_never_refused(ipc: str) -> None:
+    """libzmq's send() learns that the peer drained the queue only every ~1 ms; without the
+    ZMQ_EVENTS check a realtime edge would drop frames with an empty queue."""
+    with Receiver(ipc, capacity=2) as rx, Sender(ipc, capacity=2) as tx:
+        send_when_connected(tx, EndMsg("c", 0))
+        rx.recv(5000)
+        for i in range(300):
+            assert tx.send(EndMsg("c", i)), f"refused at {i} with an empty queue"
+            assert rx.recv(5000) == EndMsg("c", i)
+
+
+def test_shm_ref_passes_through_ipc_and_is_inlined_when_blocking(ipc: str, pool: ShmPool) -> None:
+    ref = pool.write("cam", np.full((120, 160, 3), 9, np.uint8))  # a stage's own slab
+    msg = FrameMsg(**{**_fields(frame(9)), "pixels": ref})
+    with Receiver(ipc, pixels="ref") as rx, Sender(ipc) as tx:
+        send_when_connected(tx, msg)
+        assert rx.recv(5000).pixels == ref  # type: ignore[union-attr]
+        assert tx.send(msg, block=True, timeout_s=5)
+        got = rx.recv(5000)
+        assert isinstance(got, FrameMsg) and isinstance(got.pixels, np.ndarray)
+        assert (got.pixels == 9).all()
+    with pytest.raises(ValueError, match="inline edge"):
+        Sender("tcp://127.0.0.1:1", shm=pool)
+
+
 def test_blocking_send_honours_stop_and_timeout(ipc: str) -> None:
     stop = threading.Event()
     with Sender(ipc, stop=stop) as tx:
