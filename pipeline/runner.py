@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pipeline.messages import DropMsg, EndMsg, Message, MessageError, kind_of, seq_of
 from pipeline.shm import ShmError
@@ -62,6 +62,16 @@ class StageCounters:
     errors: Counter[str] = field(default_factory=Counter)
     malformed: int = 0
     last_activity: float = field(default_factory=time.monotonic)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain-dict copies, safe to take from another thread while the stage runs."""
+        return {
+            "received": dict(self.received),
+            "sent": dict(self.sent),
+            "dropped": dict(self.dropped),
+            "errors": dict(self.errors),
+            "malformed": self.malformed,
+        }
 
 
 Route = Callable[[Message], "Sender | None"]

@@ -347,7 +347,8 @@ def _free_bytes(directory: Path) -> int:
 
 
 class ShmReader:
-    """Resolves `ShmRef`s from any number of rings, attaching each ring once (kept LRU).
+    """Resolves `ShmRef`s from any number of rings, attaching each ring once (kept LRU, at most
+    ``max_rings``; rings whose segment was unlinked are detached when a new ring is attached).
 
     A ring that no longer exists (its producer restarted under a new pid, or is gone) makes
     `read` return None, like an overwritten slot: the frame is lost, count it as a drop.
@@ -363,6 +364,7 @@ class ShmReader:
         if ring is not None:
             self._rings.move_to_end(name)
             return ring
+        self._prune()
         try:
             ring = ShmRing.attach(name, self.directory)
         except ShmError as e:
@@ -373,6 +375,14 @@ class ShmReader:
             _, old = self._rings.popitem(last=False)
             old.close()
         return ring
+
+    def _prune(self) -> None:
+        """Detach rings whose segment was unlinked (producer closed or restarted): a mapping
+        keeps the memory of /dev/shm in use until the last process unmaps it."""
+        for name, ring in list(self._rings.items()):
+            if not ring.path.exists():
+                del self._rings[name]
+                ring.close()
 
     def read(self, ref: ShmRef, out: np.ndarray | None = None) -> np.ndarray | None:
         ring = self.ring(ref.ring)

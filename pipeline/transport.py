@@ -142,14 +142,15 @@ def context() -> zmq.Context[Any]:
 
 
 def shutdown() -> None:
-    """Closes every socket this module opened (linger 0) and terminates the context."""
+    """Closes every socket of this process's context (linger 0) and terminates it; never
+    blocks. Call it last in a stage process; a later `context()` makes a new one."""
     global _ctx
     for s in list(_open_sockets):
         with contextlib.suppress(Exception):
             s.close(linger=0)
     with _ctx_lock:
         if _ctx is not None and _ctx_pid == os.getpid() and not _ctx.closed:
-            _ctx.term()
+            _ctx.destroy(linger=0)  # also closes sockets opened on it directly
         _ctx = None
 
 

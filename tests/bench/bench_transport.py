@@ -1,7 +1,7 @@
 """One hop of 1080p RGB frames between two processes: ipc + shared memory vs inline ipc / tcp.
 
     python3 tests/bench/bench_transport.py [--frames 300] [--rate 60]
-    python3 tests/bench/bench_transport.py --minutes 10 [--mode ipc+shm] [--interval 30]
+    python3 tests/bench/bench_transport.py --minutes 10 [--mode ipc+shm/copy] [--rate 60]
 
 A producer process sends `FrameMsg`s of 1920x1080x3 uint8 (6.2 MB) through `pipeline.transport`
 to a consumer process, the way the runtime's decode → preprocess edge does:
@@ -26,10 +26,10 @@ Figures:
 
 Both sides use ``time.monotonic()`` (CLOCK_MONOTONIC is system-wide on Linux).
 
-``--minutes N`` runs one mode flat out for N minutes and prints, every ``--interval`` s, frames/s
-and the resident memory of both processes (VmRSS, its anonymous part, and peak VmHWM): flat
-numbers mean nothing accumulates per frame. Shared-memory pages mapped by both count in both
-RSS figures (RssShmem), once touched.
+``--minutes N`` runs one mode for N minutes at ``--rate`` fps (0: flat out) and prints, every
+``--interval`` s, the resident memory of both processes (VmRSS, its anonymous part, and the
+peak VmHWM): flat numbers mean nothing accumulates per frame. Shared-memory pages mapped by both
+count in both RSS figures (RssShmem), once touched.
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def main() -> None:
 
     mb = H * W * 3 / 1e6
     if args.minutes:
-        r = run_pair(args.mode, 0, 0.0, args.minutes, args.interval)
+        r = run_pair(args.mode, 0, args.rate, args.minutes, args.interval)
         fps = r["sent"] / r["elapsed"]
         print(f"{args.mode}: {r['sent']} frames in {r['elapsed']:.0f} s = {fps:.0f} fps, "
               f"dropped {r['dropped']}, leaked segments {r['leaked'] or 'none'}")  # fmt: skip

@@ -137,6 +137,8 @@ def test_forwards_and_turns_a_failing_message_into_a_tombstone(
     c = edges.counters
     assert c.received["cam"] == 6 and c.sent["cam"] == 6 and c.errors["cam"] == 1
     assert c.dropped[("cam", "error")] == 1
+    snap = c.snapshot()
+    assert snap["dropped"] == {("cam", "error"): 1} and snap["received"] == {"cam": 6}
     assert "process() failed on detections camera=cam seq=3" in caplog.text
 
 

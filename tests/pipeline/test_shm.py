@@ -177,6 +177,19 @@ def test_reader_lru_bound(pipeline_name: str) -> None:
             r.close()
 
 
+def test_reader_detaches_unlinked_rings(pipeline_name: str) -> None:
+    old = ShmRing.create(ring_name(pipeline_name, "gen1"), 1, 4096)
+    reader = ShmReader()
+    try:
+        assert reader.read(old.write(np.zeros(8, np.uint8))) is not None
+        old.close()  # the producer restarts: its old ring is unlinked...
+        with ShmRing.create(ring_name(pipeline_name, "gen2"), 1, 4096) as new:
+            assert reader.read(new.write(np.ones(8, np.uint8))) is not None
+            assert list(reader._rings) == [new.name]  # ...and no longer kept mapped
+    finally:
+        reader.close()
+
+
 # ------------------------------------------------------------------ across processes
 
 

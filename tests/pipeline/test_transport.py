@@ -100,6 +100,15 @@ def test_socket_options(ipc: str) -> None:
         transport.split_capacity(0)
 
 
+def test_shutdown_never_blocks_on_sockets_opened_directly() -> None:
+    raw = transport.context().socket(zmq.PUSH)
+    raw.connect("tcp://127.0.0.1:1")
+    raw.send(b"x")  # queued for a peer that never comes; linger would be forever by default
+    transport.shutdown()
+    assert raw.closed
+    assert not transport.context().closed  # a fresh one
+
+
 # ------------------------------------------------------------------ one process, real sockets
 
 
