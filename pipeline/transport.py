@@ -159,10 +159,13 @@ def open_sockets() -> list[zmq.Socket[Any]]:
     return [s for s in _open_sockets if not s.closed]
 
 
-def _socket(kind: int, ep: Endpoint, hwm: int, kernel_buffer_bytes: int | None) -> zmq.Socket[Any]:
+def _socket(
+    kind: int, ep: Endpoint, hwm: int, kernel_buffer_bytes: int | None, max_part_bytes: int = -1
+) -> zmq.Socket[Any]:
     sock = context().socket(kind)
     try:
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes)
         if kind == zmq.PUSH:
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -353,6 +356,9 @@ class Receiver:
 
     pixels: ``"copy"`` resolves `ShmRef` pixels to ndarrays (an overwritten slot gives a
     `DropMsg` with reason ``shm_overwritten``, stage ``name``); ``"ref"`` leaves them.
+    max_part_bytes: a peer sending a larger message part is disconnected (ZMQ_MAXMSGSIZE), so a
+        stray or hostile client on a tcp port cannot make this process allocate without bound.
+        The default (256 MiB) passes an 8K RGB frame.
     """
 
     def __init__(
@@ -363,6 +369,7 @@ class Receiver:
         pixels: Literal["copy", "ref"] = "copy",
         default_mode: Mode = "bind",
         kernel_buffer_bytes: int | None = None,
+        max_part_bytes: int = 256 << 20,
         name: str = "",
     ) -> None:
         self.endpoint = (
@@ -372,7 +379,7 @@ class Receiver:
         self.pixels = pixels
         self.reader = ShmReader()
         _, hwm = split_capacity(capacity)
-        self.socket = _socket(zmq.PULL, self.endpoint, hwm, kernel_buffer_bytes)
+        self.socket = _socket(zmq.PULL, self.endpoint, hwm, kernel_buffer_bytes, max_part_bytes)
         self.received = 0
 
     @property

@@ -229,6 +229,49 @@ def test_cross_process_read_and_overwrite(pipeline_name: str) -> None:
     assert not list_segments(f"edgestream-{pipeline_name}-")  # the owner unlinked it
 
 
+def _hammer(name: str, ready: object, stop: object) -> None:
+    """Rewrites the single slot of ``name`` as fast as it can: write i is filled with i % 251."""
+    ring = ShmRing.create(name, 1, 1 << 20)
+    ready.set()  # type: ignore[attr-defined]
+    i = 0
+    while not stop.is_set():  # type: ignore[attr-defined]
+        with ring.writing((1 << 20,)) as w:
+            w.array.fill(i % 251)
+        i += 1
+    ring.close()
+
+
+def test_seqlock_never_returns_a_torn_frame_across_processes(pipeline_name: str) -> None:
+    name = ring_name(pipeline_name, "hammer")
+    ready, stop = SPAWN.Event(), SPAWN.Event()
+    p = SPAWN.Process(target=_hammer, args=(name, ready, stop))
+    p.start()
+    try:
+        assert ready.wait(60)
+        ring = ShmRing.attach(name)
+        ok = overwritten = 0
+        out = np.empty(1 << 20, np.uint8)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            gen = int(ring._gen[0])
+            if gen == 0 or gen % 2:
+                continue  # nothing written yet, or being written
+            got = ring.read(ShmRef(name, 0, gen, (1 << 20,)), out)
+            if got is None:
+                overwritten += 1
+                continue
+            expect = (gen // 2 - 1) % 251
+            assert got.min() == got.max() == expect, f"torn read at generation {gen}"
+            ok += 1
+        ring.close()
+    finally:
+        stop.set()
+        p.join(30)
+    assert p.exitcode == 0
+    assert ok > 0
+    print(f"seqlock: {ok} clean reads, {overwritten} detected overwrites")
+
+
 def _owner_then_hang(pipeline: str, ready: object) -> None:
     rings = [ShmRing.create(ring_name(pipeline, p), 2, 4096) for p in ("frames", "slab")]
     ready.set()  # type: ignore[attr-defined]

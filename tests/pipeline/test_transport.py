@@ -266,6 +266,13 @@ def test_stale_ipc_file_is_replaced_but_live_one_is_refused(tmp_path: Path) -> N
             assert rx.recv(5000) == EndMsg("c", 1)
 
 
+def test_oversized_part_disconnects_the_peer() -> None:
+    with Receiver("tcp://127.0.0.1:0", max_part_bytes=1 << 20) as rx, Sender(rx.address) as tx:
+        assert rx.socket.getsockopt(zmq.MAXMSGSIZE) == 1 << 20
+        assert tx.send(frame(1, 1080, 1920), block=True, timeout_s=5)  # 6 MB pixels
+        assert rx.recv(500) is None
+
+
 def test_bind_failure_is_clear() -> None:
     with Receiver("bind:tcp://127.0.0.1:0") as rx, pytest.raises(EndpointError, match="bind"):
         Receiver(f"bind:{rx.address}")
