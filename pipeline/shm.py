@@ -13,6 +13,10 @@ was overwritten (the consumer was slower than ``slots`` writes) and `read` retur
 caller counts a drop. ``view`` + ``valid`` do the same without the copy (check *after* using
 the view).
 
+Offline (lose nothing): a consumer marks a slot *released* when it is done with it (`read` does
+it; after a `view`, call `release`), and a producer writing with ``wait_s > 0`` waits for the
+release of a slot's previous content before overwriting it. Realtime writers never wait.
+
 Memory ordering: 8-byte aligned stores and loads are atomic on 64-bit CPUs, and x86 keeps
 stores in order (TSO), so the protocol is exact there. On weakly ordered CPUs (ARM) there is no
 fence reachable from Python; the ZeroMQ send/receive in between (syscalls, mutexes) orders the
@@ -45,6 +49,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -63,6 +68,10 @@ _HEADER_BYTES = 4096
 _CTRL_BYTES = 64  # one cache line per slot: generation (u64) + spare
 _PAGE = 4096
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class StopFlag(Protocol):
+    def is_set(self) -> bool: ...
 
 
 class ShmError(RuntimeError):
@@ -127,22 +136,23 @@ class ShmRing:
     `write` from several threads (a lock serialises writes); one ring per camera avoids that.
     """
 
-    def __init__(self, path: Path, mm: mmap.mmap, info: RingInfo, owner: bool) -> None:
+    def __init__(
+        self, path: Path, ctrl: mmap.mmap, data: mmap.mmap, info: RingInfo, owner: bool
+    ) -> None:
         self.path = path
         self.name = info.name
         self.slots = info.slots
         self.slot_bytes = info.slot_bytes
         self.owner = owner
-        self._mm: mmap.mmap | None = mm
+        self._maps: tuple[mmap.mmap, mmap.mmap] | None = (ctrl, data)
         self._lock = threading.Lock()
         self._next = 0
-        self._gen = np.frombuffer(
-            mm, dtype=np.uint64, count=self.slots * (_CTRL_BYTES // 8), offset=_HEADER_BYTES
-        )[:: _CTRL_BYTES // 8]
-        self._data_offset = _data_offset(self.slots)
-        self.data = np.frombuffer(
-            mm, dtype=np.uint8, count=self.slots * self.slot_bytes, offset=self._data_offset
-        ).reshape(self.slots, self.slot_bytes)
+        lines = np.frombuffer(
+            ctrl, dtype=np.uint64, count=self.slots * (_CTRL_BYTES // 8), offset=_HEADER_BYTES
+        ).reshape(self.slots, _CTRL_BYTES // 8)
+        self._gen = lines[:, 0]  # odd while the producer writes the slot
+        self._released = lines[:, 1]  # the last generation a consumer said it is done with
+        self.data = np.frombuffer(data, dtype=np.uint8).reshape(self.slots, self.slot_bytes)
         """All slots as one (slots, slot_bytes) uint8 array (e.g. to pin with cudaHostRegister)."""
         if owner:
             _OWNED[str(path)] = os.getpid()
@@ -179,7 +189,7 @@ class ShmRing:
                     "/dev/shm (docker --shm-size, a k8s emptyDir with medium: Memory) or use "
                     "fewer/smaller slots."
                 ) from e
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            ctrl, data = _map(fd, slots, slot_bytes, writable=True)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
@@ -189,18 +199,19 @@ class ShmRing:
         pid = os.getpid()
         info = RingInfo(name, slots, slot_bytes, pid, _start_ticks(pid) or 0)
         # the magic goes last: a half-created segment is never taken for a ring
-        mm[8 : _HEADER.size] = _HEADER.pack(
+        ctrl[8 : _HEADER.size] = _HEADER.pack(
             b"\0" * 8, 1, slots, slot_bytes, _data_offset(slots), pid, info.owner_start_ticks
         )[8:]
-        mm[:8] = _MAGIC
-        return cls(path, mm, info, owner=True)
+        ctrl[:8] = _MAGIC
+        return cls(path, ctrl, data, info, owner=True)
 
     @classmethod
     def attach(cls, name: str, directory: Path | None = None, writable: bool = False) -> ShmRing:
-        """Map an existing ring (read-only unless ``writable``, e.g. to pin it with CUDA)."""
+        """Map an existing ring. The slots are mapped read-only unless ``writable`` (e.g. to
+        pin them with CUDA); the control lines are always writable (`release`)."""
         path = (directory or SHM_DIR) / name
         try:
-            fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+            fd = os.open(path, os.O_RDWR)
         except FileNotFoundError as e:
             raise ShmError(f"no shared-memory segment {path} (owner gone?)") from e
         try:
@@ -208,15 +219,14 @@ class ShmRing:
             info = _read_info(path)
             if info is None or size < _data_offset(info.slots) + info.slots * info.slot_bytes:
                 raise ShmError(f"{path} is not an edgestream ring (bad header or size)")
-            prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-            mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+            ctrl, data = _map(fd, info.slots, info.slot_bytes, writable)
         finally:
             os.close(fd)
-        return cls(path, mm, info, owner=False)
+        return cls(path, ctrl, data, info, owner=False)
 
     @property
     def closed(self) -> bool:
-        return self._mm is None
+        return self._maps is None
 
     def close(self) -> None:
         """Unmap; the owner also unlinks the segment. Idempotent.
@@ -224,16 +234,17 @@ class ShmRing:
         Arrays obtained from `view` must be gone before (a live view keeps the mapping, and
         ``mmap.close`` then raises ``BufferError``; in that case the mapping is left to the GC).
         """
-        mm, self._mm = self._mm, None
+        maps, self._maps = self._maps, None
         if self.owner:
             self.unlink()
             _OWNED.pop(str(self.path), None)
-        if mm is None:
+        if maps is None:
             return
-        self._gen = np.empty(0, np.uint64)
+        self._gen = self._released = np.empty(0, np.uint64)
         self.data = np.empty((0, 0), np.uint8)
-        with contextlib.suppress(BufferError):
-            mm.close()
+        for mm in maps:
+            with contextlib.suppress(BufferError):
+                mm.close()
 
     def unlink(self) -> None:
         """Remove the segment's name (mappings stay valid until unmapped). Idempotent."""
@@ -258,21 +269,36 @@ class ShmRing:
 
     # ------------------------------------------------------------------ producer
     @contextlib.contextmanager
-    def writing(self, shape: tuple[int, ...], dtype: str = "uint8") -> Iterator[SlotWrite]:
+    def writing(
+        self,
+        shape: tuple[int, ...],
+        dtype: str = "uint8",
+        wait_s: float = 0.0,
+        stop: StopFlag | None = None,
+    ) -> Iterator[SlotWrite]:
         """Write in place: ``with ring.writing((3, h, w)) as w: fill(w.array)``; send ``w.ref``
-        after the block. The slot's generation is odd inside the block."""
+        after the block. The slot's generation is odd inside the block.
+
+        wait_s: 0 (realtime) overwrites the oldest slot at once. > 0 (offline, lose nothing)
+            first waits until a consumer `release`d the slot's previous content, up to
+            ``wait_s`` seconds (then it is overwritten anyway, with a warning: a consumer that
+            died with descriptors queued must not stall the producer forever) or until
+            ``stop`` is set. So the producer runs at most ``slots`` items ahead.
+        """
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         if nbytes > self.slot_bytes:
             raise ShmError(
                 f"array of {nbytes} bytes {tuple(shape)} {dtype} does not fit a slot of "
                 f"{self.slot_bytes} bytes in ring {self.name}"
             )
-        if self._mm is None or not self.owner:
+        if self._maps is None or not self.owner:
             raise ShmError(f"ring {self.name} is closed or not owned by this process")
         with self._lock:
             slot = self._next
             self._next = (slot + 1) % self.slots
             gen = int(self._gen[slot])
+            if wait_s > 0 and gen > 0:
+                self._wait_released(slot, gen, wait_s, stop)
             start = gen + 1 if gen % 2 == 0 else gen + 2  # odd: writing
             self._gen[slot] = start
             try:
@@ -281,9 +307,25 @@ class ShmRing:
             finally:
                 self._gen[slot] = start + 1  # even: complete
 
-    def write(self, array: np.ndarray) -> ShmRef:
-        """Copy ``array`` into the next slot (overwriting the oldest) and describe it."""
-        with self.writing(tuple(array.shape), array.dtype.name) as w:
+    def _wait_released(self, slot: int, gen: int, wait_s: float, stop: StopFlag | None) -> None:
+        deadline = time.monotonic() + wait_s
+        pause = 0.0002
+        while int(self._released[slot]) < gen:
+            if stop is not None and stop.is_set():
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "ring %s: slot %d not released by its consumer in %.1f s; overwriting it "
+                    "(the consumer died or is stuck; that frame is lost)",
+                    self.name, slot, wait_s,
+                )  # fmt: skip
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+
+    def write(self, array: np.ndarray, wait_s: float = 0.0, stop: StopFlag | None = None) -> ShmRef:
+        """Copy ``array`` into the next slot and describe it (``wait_s``: see `writing`)."""
+        with self.writing(tuple(array.shape), array.dtype.name, wait_s, stop) as w:
             np.copyto(w.array, array, casting="no")
         return w.ref
 
@@ -303,21 +345,34 @@ class ShmRing:
 
     def valid(self, ref: ShmRef) -> bool:
         """True while the slot still holds ``ref``'s data (call after reading a `view`)."""
-        return self._mm is not None and int(self._gen[ref.slot]) == ref.generation
+        return self._maps is not None and int(self._gen[ref.slot]) == ref.generation
+
+    def release(self, ref: ShmRef) -> None:
+        """Tell the producer this consumer is done with ``ref``'s slot (`read` does it; call it
+        after using a `view`). Only a producer writing with ``wait_s > 0`` waits for it."""
+        if (
+            self._maps is not None
+            and 0 <= ref.slot < self.slots
+            and int(self._released[ref.slot]) < ref.generation
+        ):
+            self._released[ref.slot] = ref.generation
 
     def read(self, ref: ShmRef, out: np.ndarray | None = None) -> np.ndarray | None:
         """A copy of ``ref``'s array (into ``out`` when given), or None if it was overwritten
-        before or while copying (count it as a drop)."""
+        before or while copying (count it as a drop). Releases the slot."""
         src = self.view(ref)
         if src is None:
             return None
         if out is None:
             out = np.empty(ref.shape, dtype=ref.dtype)
         np.copyto(out, src, casting="no")
-        return out if self.valid(ref) else None
+        if not self.valid(ref):
+            return None
+        self.release(ref)
+        return out
 
     def _check_ref(self, ref: ShmRef) -> None:
-        if self._mm is None:
+        if self._maps is None:
             raise ShmError(f"ring {self.name} is closed")
         if ref.ring != self.name:
             raise ShmError(f"descriptor for ring {ref.ring!r} used with ring {self.name!r}")
@@ -329,6 +384,21 @@ class ShmRing:
 class SlotWrite:
     array: np.ndarray
     ref: ShmRef
+
+
+def _map(fd: int, slots: int, slot_bytes: int, writable: bool) -> tuple[mmap.mmap, mmap.mmap]:
+    """(control lines, slots): two mappings, so a consumer can write its releases without
+    being able to write the pixels. The data offset is page aligned, as mmap requires."""
+    off = _data_offset(slots)
+    rw = mmap.PROT_READ | mmap.PROT_WRITE
+    ctrl = mmap.mmap(fd, off, mmap.MAP_SHARED, rw)
+    try:
+        prot = rw if writable else mmap.PROT_READ
+        data = mmap.mmap(fd, slots * slot_bytes, mmap.MAP_SHARED, prot, offset=off)
+    except BaseException:
+        ctrl.close()
+        raise
+    return ctrl, data
 
 
 def _data_offset(slots: int) -> int:
@@ -396,6 +466,12 @@ class ShmReader:
         ring = self._rings.get(ref.ring)
         return ring is not None and ring.valid(ref)
 
+    def release(self, ref: ShmRef) -> None:
+        """After a `view`: the consumer is done with the slot (`read` releases by itself)."""
+        ring = self._rings.get(ref.ring)
+        if ring is not None:
+            ring.release(ref)
+
     def close(self) -> None:
         while self._rings:
             self._rings.popitem()[1].close()
@@ -429,8 +505,11 @@ class ShmPool:
                 self._rings[key] = ring
             return ring
 
-    def write(self, key: str, array: np.ndarray) -> ShmRef:
-        return self.ring_for(key, array.nbytes).write(array)
+    def write(
+        self, key: str, array: np.ndarray, wait_s: float = 0.0, stop: StopFlag | None = None
+    ) -> ShmRef:
+        """Copy ``array`` into ``key``'s ring (``wait_s``: see `ShmRing.writing`)."""
+        return self.ring_for(key, array.nbytes).write(array, wait_s, stop)
 
     def close(self) -> None:
         with self._lock:

@@ -27,6 +27,10 @@ control makes "block and lose nothing" hold. A `ShmRef` given to a blocking send
 ``inline`` sender (default for tcp), is resolved to inline pixels; on a non-blocking ipc send it
 passes as it is (a stage that wrote into its own slab).
 
+Offline edges can keep pixels in shared memory too (``Sender(offline_wait_s=...)``): the
+producer then waits for the consumer to release a slot before reusing it (see `pipeline.shm`),
+which bounds it to ``slots`` frames ahead and loses nothing.
+
 Receiving: `Receiver.recv` returns the decoded message; its ``pixels`` option says what a
 consumer gets for a `ShmRef`: ``"copy"`` an ndarray copied out of the ring (an overwritten slot
 becomes a `DropMsg` with reason ``shm_overwritten``), ``"ref"`` the descriptor itself (the stage
@@ -236,6 +240,11 @@ class Sender:
     shm: a pool to move the pixel arrays of realtime sends into shared memory (ipc edges).
     inline: True resolves `ShmRef` pixels into inline arrays (an edge to another host); default:
         True for tcp endpoints, False for ipc (descriptors pass through as they are).
+    offline_wait_s: None: blocking (offline) sends carry pixels inline. A number: they go
+        through the ring too, each write waiting (up to that long) for the consumer to release
+        the slot it reuses (`pipeline.shm.ShmRing.writing`), and `ShmRef`s pass through — the
+        stage that wrote them into its own slab must have written with ``wait_s`` as well.
+        Consumers release by `ShmReader.read` (``pixels="copy"`` does) or `release`.
     stop: checked while a blocking send waits, so shutdown never hangs on a full queue.
     """
 
@@ -246,6 +255,7 @@ class Sender:
         *,
         shm: ShmPool | None = None,
         inline: bool | None = None,
+        offline_wait_s: float | None = None,
         stop: StopFlag | None = None,
         default_mode: Mode = "connect",
         kernel_buffer_bytes: int | None = None,
@@ -256,6 +266,7 @@ class Sender:
         )
         self.name = name or str(self.endpoint)
         self.shm = shm
+        self.offline_wait_s = offline_wait_s
         self.inline = (not self.endpoint.is_ipc) if inline is None else inline
         if self.inline and shm is not None:
             raise ValueError(f"{self.name}: an inline edge does not use a shm pool")
@@ -314,18 +325,22 @@ class Sender:
         return True
 
     def _prepare(self, msg: Message, block: bool) -> Message:
-        """Pixels via the ring for realtime sends; inline for blocking (offline) sends and
-        edges without a pool. A ring slot is overwritten after ``slots`` writes whether or not
-        the consumer read it, and the messages queued on an edge are not bounded tightly enough
-        (kernel socket buffers hold a hundred or more descriptors) to size a ring that never
-        overruns: only inline pixels make "block and lose nothing" hold."""
+        """Pixels via the ring for realtime sends; for blocking (offline) sends via the ring
+        only with ``offline_wait_s`` (writes wait for the consumer's release), else inline: a
+        realtime ring overwrites a slot after ``slots`` writes whether or not it was read, and
+        the messages queued on an edge are not bounded tightly enough (kernel socket buffers
+        hold a hundred or more descriptors) to size a ring that never overruns."""
         if not isinstance(msg, FrameMsg | ItemMsg):
             return msg
         pixels = msg.pixels
+        lossless_shm = block and self.offline_wait_s is not None
         if isinstance(pixels, np.ndarray):
             if self.shm is not None and not block:
                 return replace(msg, pixels=self.shm.write(msg.camera_id, pixels))
-        elif self.inline or block:
+            if self.shm is not None and lossless_shm:
+                ref = self.shm.write(msg.camera_id, pixels, self.offline_wait_s or 0.0, self.stop)
+                return replace(msg, pixels=ref)
+        elif self.inline or (block and not lossless_shm):
             if self._reader is None:
                 self._reader = ShmReader()
             arr = self._reader.read(pixels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -118,6 +119,37 @@ def test_errors_are_clear(pipeline_name: str) -> None:
             ShmRing.attach(not_a_ring.name)
     finally:
         not_a_ring.unlink()
+
+
+def test_offline_writes_wait_for_release(
+    pipeline_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with ShmRing.create(ring_name(pipeline_name, "frames"), 2, 4096) as ring:
+        consumer = ShmRing.attach(ring.name)
+        try:
+            a, b = ring.write(np.zeros(8, np.uint8), 5.0), ring.write(np.ones(8, np.uint8), 5.0)
+            got = consumer.read(a)  # releases slot 0
+            assert got is not None
+            t0 = time.monotonic()
+            c = ring.write(np.full(8, 2, np.uint8), wait_s=5.0)  # slot 0: released, no wait
+            assert c.slot == 0 and time.monotonic() - t0 < 1.0
+            view = consumer.view(b)
+            assert view is not None
+            consumer.release(b)  # after a view, by hand
+            del view
+            ring.write(np.full(8, 3, np.uint8), wait_s=5.0)  # slot 1: released
+            t0 = time.monotonic()
+            with caplog.at_level("WARNING"):  # slot 0 (c) never released: gives up after wait_s
+                ring.write(np.full(8, 4, np.uint8), wait_s=0.3)
+            assert time.monotonic() - t0 >= 0.25 and "not released by its consumer" in caplog.text
+            assert consumer.read(c) is None  # overwritten: the reader still sees it
+            stop = threading.Event()
+            stop.set()
+            t0 = time.monotonic()
+            ring.write(np.full(8, 5, np.uint8), wait_s=30.0, stop=stop)  # stopping: no wait
+            assert time.monotonic() - t0 < 1.0
+        finally:
+            consumer.close()
 
 
 def test_too_big_for_shm_dir_fails_at_create(pipeline_name: str) -> None:
@@ -303,7 +335,7 @@ def test_cleanup_stale_reused_pid_and_headerless(pipeline_name: str) -> None:
     prefix = f"edgestream-{pipeline_name}-"
     ring = ShmRing.create(ring_name(pipeline_name, "frames"), 1, 4096)
     # pretend the owner was a process with our pid but another start time (pid reused)
-    ring._mm[40:48] = (123).to_bytes(8, "little")  # type: ignore[index]
+    ring._maps[0][40:48] = (123).to_bytes(8, "little")  # type: ignore[index]
     headerless = SHM_DIR / f"{prefix}999999999-partial"
     headerless.write_bytes(b"")
     old = time.time() - 60

@@ -297,6 +297,45 @@ def _produce(endpoint: str, pipeline: str | None, n: int, go: object) -> None:
     transport.shutdown()
 
 
+def _produce_offline_shm(endpoint: str, pipeline: str, n: int) -> None:
+    pool = ShmPool(pipeline, "frames", slots=3)
+    with Sender(endpoint, capacity=8, shm=pool, offline_wait_s=30.0) as tx:
+        for i in range(n):
+            assert tx.send(frame(i, 360, 640), block=True, timeout_s=30)
+        tx.send(EndMsg("cam", n - 1), block=True, timeout_s=30)
+        time.sleep(0.5)
+    pool.close()
+    transport.shutdown()
+
+
+def test_offline_edge_through_shm_loses_nothing_with_a_slow_consumer(tmp_path: Path) -> None:
+    """3 ring slots, 40 frames, a consumer slower than the producer: every frame arrives as a
+    descriptor, none overwritten, because the producer waits for each slot's release."""
+    pipeline = f"test{uuid.uuid4().hex[:10]}"
+    rx = Receiver(f"ipc://{tmp_path}/x.sock", capacity=16, pixels="ref")
+    p = SPAWN.Process(target=_produce_offline_shm, args=(rx.address, pipeline, 40))
+    p.start()
+    try:
+        seqs = []
+        while True:
+            m = rx.recv(30_000)
+            assert m is not None, "producer went silent"
+            if isinstance(m, EndMsg):
+                break
+            assert isinstance(m, FrameMsg) and isinstance(m.pixels, ShmRef), m
+            time.sleep(0.01)  # slow consumer: the producer must wait, not overwrite
+            px = rx.reader.read(m.pixels)  # copies out and releases the slot
+            assert px is not None, f"frame {m.seq} was overwritten"
+            assert (px == m.seq % 256).all()
+            seqs.append(m.seq)
+        assert seqs == list(range(40))
+    finally:
+        rx.close()
+        p.join(30)
+    assert p.exitcode == 0
+    assert not list_segments(f"edgestream-{pipeline}-")
+
+
 @pytest.mark.parametrize("kind", ["ipc+shm", "tcp inline"])
 def test_cross_process_edge_loses_nothing_when_blocking(kind: str, tmp_path: Path) -> None:
     pipeline = f"test{uuid.uuid4().hex[:10]}" if kind == "ipc+shm" else None
