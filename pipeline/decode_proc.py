@@ -5,7 +5,8 @@ in one bounded hand-off queue, and one sender thread numbers and sends them.
 
 * Live cameras (``realtime``): sent without blocking; on an ipc edge the sender puts the
   pixels in the camera's own shared-memory ring and sends only a descriptor. When the
-  pipeline falls behind, the ring wraps and the oldest frames still queued are overwritten — preprocess drops them as
+  pipeline falls behind, the ring wraps and the oldest frames still queued are overwritten —
+  preprocess drops them as
   ``overwritten`` (drop-oldest, counted); a full hand-off queue or socket drops the newest
   (``queue_full``, counted). A camera never waits for the pipeline.
 * Offline cameras (``realtime: false``): pixels travel inline in the message and every put and

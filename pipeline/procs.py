@@ -102,6 +102,7 @@ def child_main(
     die_with_parent(spec.parent_pid)
     set_title(spec.title)
     faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     logging.basicConfig(
@@ -278,6 +279,7 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         from stages.sinks.jsonl import JsonlSink
 
         sinks.append(JsonlSink(jsonl_cfg))
+    age_ms = cfg.batching.max_frame_age_ms
     files = [c.id for c in cfg.effective_cameras() if c.kind == "file" and not c.loop]
     everything_ends = len(files) == len(cfg.cameras) and not _realtime(cfg)
     stage = SinkStage(
@@ -285,6 +287,8 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         expected_cameras=files if everything_ends else (),
         on_published=reporter.published_frame,
         on_done=done.set,
+        realtime_cameras=_realtime(cfg),
+        max_age_s=None if age_ms is None else 2 * age_ms / 1e3,
     )
     reporter.source(lambda: {"sinks": stage.stats()})
     _run(stage, "sink", edges["tracked"], None, cfg, stop, reporter)

@@ -11,6 +11,9 @@ per camera (``seq``), so the next expected ``seq`` is always known:
   and the missing ``seq`` counted as lost; a late arrival for a skipped ``seq`` is discarded
   (counted) rather than sent out of order. Offline (``timeout_s=None``) it waits for ever —
   nothing is lost there, every ``seq`` arrives or is tombstoned;
+* a camera first seen with a ``seq`` below ``start_window`` starts at 0 (its first frames may
+  arrive out of order); one first seen further in (this stage restarted mid-stream) starts
+  where it is;
 * ``seq`` 0 after a camera has advanced means decode restarted (its numbering starts again):
   held items are released and the camera starts over.
 
@@ -46,10 +49,11 @@ class ReorderStats:
 class Reorderer(Generic[T]):
     """Release ``(camera, seq, item)`` in ``seq`` order per camera."""
 
-    def __init__(self, timeout_s: float | None = None) -> None:
+    def __init__(self, timeout_s: float | None = None, start_window: int = 256) -> None:
         if timeout_s is not None and timeout_s < 0:
             raise ValueError(f"timeout_s must be >= 0 or None, got {timeout_s}")
         self.timeout_s = timeout_s
+        self.start_window = start_window
         self._cams: dict[str, _Camera[T]] = {}
         self.stats = ReorderStats()
 
@@ -61,7 +65,8 @@ class Reorderer(Generic[T]):
         """Add an item (``None``: tombstone); returns the items now releasable, in order."""
         cam = self._cams.get(camera_id)
         if cam is None:
-            cam = self._cams[camera_id] = _Camera(next_seq=seq)
+            start = 0 if seq < self.start_window else seq
+            cam = self._cams[camera_id] = _Camera(next_seq=start)
         elif seq == 0 and cam.next_seq > 0 and 0 not in cam.held:
             out = self._flush(cam)
             self.stats.restarts += 1

@@ -3,6 +3,10 @@
 Capture-to-publish latency is observed here, per camera, when a frame is handed to the sinks
 (the Redis sink writes asynchronously, within ``flush_interval_ms`` more when Redis is up).
 
+Live cameras: a frame older than ``max_age_s`` when it reaches this stage is dropped (counted,
+``DropMsg`` reason ``stale``) instead of published: a sink slower than the cameras then makes
+the pipeline drop frames rather than publish ever older ones, so latency stays bounded.
+
 Offline runs end here: when every expected camera's `EndMsg` has arrived (the track stage
 sends it after the camera's last frame), the sinks are flushed and closed and ``on_done`` is
 called; the supervisor then stops the pipeline and exits 0.
@@ -15,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from pipeline.messages import EndMsg, Message, TrackedMsg
+from pipeline.messages import DropMsg, EndMsg, Message, TrackedMsg
 from stages.sinks.messages import FrameResult
 
 log = logging.getLogger("edgestream.sink")
@@ -37,6 +41,7 @@ class SinkStage:
     expected_cameras: the file cameras whose end finishes an offline run (empty: never ends).
     on_published(camera, e2e_latency_s, stage_ts): after each frame was handed to the sinks.
     on_done(): once every expected camera ended and the sinks were flushed.
+    realtime_cameras / max_age_s: live cameras whose stale frames are dropped (None: never).
     """
 
     def __init__(
@@ -45,12 +50,17 @@ class SinkStage:
         expected_cameras: Iterable[str] = (),
         on_published: Callable[[str, float, dict[str, float]], None] | None = None,
         on_done: Callable[[], None] | None = None,
+        realtime_cameras: Iterable[str] = (),
+        max_age_s: float | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.expected = frozenset(expected_cameras)
         self.ended: set[str] = set()
         self.on_published = on_published
         self.on_done = on_done
+        self.realtime = frozenset(realtime_cameras)
+        self.max_age_s = max_age_s
+        self.stale = 0
         self.published = 0
         self.done = False
         self._closed = False
@@ -61,6 +71,13 @@ class SinkStage:
 
     def process(self, msg: Message) -> Iterable[Message]:
         if isinstance(msg, TrackedMsg):
+            if (
+                self.max_age_s is not None
+                and msg.camera_id in self.realtime
+                and time.time() - msg.capture_ts > self.max_age_s
+            ):
+                self.stale += 1
+                return [DropMsg(msg.camera_id, msg.seq, STAGE, "stale", msg.frame_id)]
             frame = msg.to_frame_result()
             for s in self.sinks:
                 s.process(frame)
@@ -83,7 +100,7 @@ class SinkStage:
         return []
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"published": self.published}
+        out: dict[str, Any] = {"published": self.published, "stale": self.stale}
         for s in self.sinks:
             fn = getattr(s, "stats", None)
             if callable(fn):

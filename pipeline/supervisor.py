@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
@@ -34,6 +35,7 @@ from typing import Any
 
 from pipeline.config import STAGES, PipelineConfig
 from pipeline.edges import EdgePlan, plan_edges
+from pipeline.flags import SharedFlag
 from pipeline.procs import EXIT_CONFIG, ChildSpec, child_main, set_title
 from pipeline.shm import NAME_PREFIX, cleanup_stale, list_segments
 from pipeline.stats import StatsBoard
@@ -44,7 +46,8 @@ log = logging.getLogger("edgestream.supervisor")
 @dataclass
 class _Child:
     spec: ChildSpec
-    stop: Any
+    stop: Any = None  # a fresh SharedFlag per incarnation
+    stats_q: Any = None  # a fresh queue per incarnation: a SIGKILL can leave a queue's lock held
     proc: Any = None
     started_at: float = 0.0
     failures: int = 0
@@ -78,8 +81,7 @@ class Supervisor:
         self.backoff_max_s = restart_backoff_max_s
         self.restart_reset_s = restart_reset_s
         self._mp = mp.get_context("spawn")
-        self.done = self._mp.Event()  # set by the sink when an offline run finished
-        self.stats_q = self._mp.Queue(maxsize=1000)
+        self.done = SharedFlag(self._mp)  # set by the sink when an offline run finished
         self.board = StatsBoard()
         self.children: dict[str, _Child] = {}
         self.edges: dict[str, EdgePlan] = {}
@@ -109,7 +111,7 @@ class Supervisor:
             count = self.cfg.preprocess.workers if role == "preprocess" else 1
             for i in range(count):
                 spec = ChildSpec(role, i, self.cfg.name, os.getpid())
-                self.children[spec.key] = _Child(spec, self._mp.Event())
+                self.children[spec.key] = _Child(spec)
         for child in reversed(list(self.children.values())):  # consumers first: binders up
             self._spawn(child)
         self.started = True
@@ -117,7 +119,11 @@ class Supervisor:
                  ", ".join(f"{k}={c.proc.pid}" for k, c in self.children.items()))  # fmt: skip
 
     def _spawn(self, child: _Child) -> None:
-        child.stop.clear()
+        if child.stats_q is not None:
+            self.board.drain(child.stats_q)
+            _close_queue(child.stats_q)
+        child.stop = SharedFlag(self._mp)
+        child.stats_q = self._mp.Queue(maxsize=100)
         proc = self._mp.Process(
             target=child_main,
             args=(
@@ -126,7 +132,7 @@ class Supervisor:
                 self.edges,
                 child.stop,
                 self.done,
-                self.stats_q,
+                child.stats_q,
                 self.log_level,
             ),
             name=child.spec.title,
@@ -139,7 +145,7 @@ class Supervisor:
 
     def poll(self) -> None:
         """Collect stats; restart children that died (with backoff); detect fatal exits."""
-        self.board.drain(self.stats_q)
+        self._drain()
         if self.stopping:
             return
         now = time.monotonic()
@@ -200,7 +206,7 @@ class Supervisor:
                 log.warning("%s did not stop in time: killing it", child.spec.key)
                 proc.kill()
                 proc.join(1.0)
-        self.board.drain(self.stats_q)
+        self._drain()
         self.cleanup()
         log.info("pipeline %s stopped", self.cfg.name)
 
@@ -220,11 +226,15 @@ class Supervisor:
                     for ep in (plan.sender, plan.receiver):
                         if ep.is_ipc and ep.mode == "bind":
                             Path(ep.url[len("ipc://") :]).unlink(missing_ok=True)
-        try:
-            self.stats_q.close()
-            self.stats_q.join_thread()
-        except (OSError, ValueError, AssertionError):
-            pass
+        for child in self.children.values():
+            if child.stats_q is not None:
+                _close_queue(child.stats_q)
+                child.stats_q = None
+
+    def _drain(self) -> None:
+        for child in self.children.values():
+            if child.stats_q is not None:
+                self.board.drain(child.stats_q)
 
     # ------------------------------------------------------------------ main loop
     def run(self, poll_s: float = 0.1, until: Callable[[], bool] | None = None) -> int:
@@ -233,6 +243,8 @@ class Supervisor:
         Returns the exit status: 0 (signal or offline end), 2 (fatal configuration error).
         """
         set_title(f"edgestream[{self.cfg.name}] supervisor")
+        faulthandler.enable()
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1: where is it?
         stop_requested = threading.Event()
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -258,6 +270,14 @@ class Supervisor:
             log.error("pipeline %s failed: %s", self.cfg.name, self.fatal)
             return 2
         return 0
+
+
+def _close_queue(q: Any) -> None:
+    try:
+        q.close()
+        q.cancel_join_thread()
+    except (OSError, ValueError, AssertionError):
+        pass
 
 
 def _describe_exit(code: int | None) -> str:

@@ -93,3 +93,12 @@ def test_reorder_restart_and_end() -> None:
     r.push("a", 2, "y2", 0.0)
     r.push("a", 1, None, 0.0)
     assert r.finished("a")
+
+
+def test_reorder_first_frames_out_of_order() -> None:
+    r: Reorderer[str] = Reorderer(timeout_s=None)
+    assert r.push("a", 1, "f1", 0.0) == []  # seq 0 is still on its way (another worker)
+    assert r.push("a", 0, "f0", 0.0) == ["f0", "f1"]
+    assert r.stats.restarts == 0
+    r2: Reorderer[str] = Reorderer(timeout_s=None, start_window=10)
+    assert r2.push("b", 500, "x", 0.0) == ["x"]  # joined mid-stream (this stage restarted)

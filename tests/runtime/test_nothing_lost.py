@@ -1,0 +1,63 @@
+"""Nothing lost, nothing changed: with ``realtime: false`` a video through ``edgestream run``
+yields exactly the detections ``edgestream detect VIDEO --json`` gives, frame for frame (same
+backend and model), with 1, 3 and 8 cameras sharing one batcher.
+
+Every camera reads the same file; ``detect_fps`` thins the frames so each run stays short
+(the decoder still decodes every frame, so frame ids are the file's frame indices). The
+camera's `EndMsg` says how many frames decode forwarded; every one of them must be published.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import VIDEO, box_key, pipeline_config, read_jsonl, start_run, write_config
+
+CASES = [
+    pytest.param(1, 2.0, id="1-camera"),
+    pytest.param(3, 1.0, id="3-cameras"),
+    pytest.param(8, 0.5, id="8-cameras", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("n_cameras", "detect_fps"), CASES)
+def test_run_equals_detect(
+    n_cameras: int,
+    detect_fps: float,
+    tmp_path: Path,
+    shared_data: Path,
+    tiny_onnx: Path,
+    reference: dict[int, list[tuple[Any, ...]]],
+    reap: list[Any],
+) -> None:
+    video = str(shared_data / "media" / VIDEO)
+    cameras = {f"cam{i}": video for i in range(n_cameras)}
+    cfg = pipeline_config(tmp_path, tiny_onnx, cameras, camera_defaults={"detect_fps": detect_fps})
+    log = tmp_path / "run.log"
+    proc = start_run(write_config(tmp_path, cfg), log)
+    reap.append(proc)
+    rc = proc.wait(timeout=120)
+    text = log.read_text()
+    assert rc == 0, text[-3000:]
+
+    ends = {
+        m[0]: int(m[1]) for m in re.findall(r"camera (\S+): end of file \(last seq (-?\d+)\)", text)
+    }
+    assert set(ends) == set(cameras), text[-3000:]
+    total = 0
+    for cam in cameras:
+        docs = [
+            d for d in read_jsonl(tmp_path / "out" / f"{cam}.jsonl") if d["type"] == "detections"
+        ]
+        ids = [d["frame_id"] for d in docs]
+        assert len(ids) == ends[cam] + 1, f"{cam}: published {len(ids)} of {ends[cam] + 1} frames"
+        assert ids == sorted(set(ids)), f"{cam}: frames out of order or duplicated"
+        for d in docs:
+            got = sorted(box_key(o) for o in d["objects"])
+            assert got == reference.get(d["frame_id"], []), f"{cam} frame {d['frame_id']} differs"
+            total += len(got)
+    assert total > 0, "no detections at all: the comparison would mean nothing"
+    assert "dropped 0 (none)" in text.strip().splitlines()[-1] or "dropped 0" in text
