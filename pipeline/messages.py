@@ -43,6 +43,8 @@ MAX_HEADER_BYTES = 1 << 20
 """A header larger than this is refused (a sane header is well under 64 KiB)."""
 
 _DTYPES = ("uint8", "int64", "float32", "float64", "int32", "uint16")
+_DTYPE_OF = {n: np.dtype(n) for n in _DTYPES}  # dtype.name is slow (Python code): map instead
+_NAME_OF = {d: n for n, d in _DTYPE_OF.items()}
 
 
 class MessageError(ValueError):
@@ -67,7 +69,7 @@ class ShmRef:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * _DTYPE_OF[self.dtype].itemsize
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -273,6 +275,8 @@ _TYPE_NAMES: dict[type, str] = {
     EndMsg: "end",
 }
 _TYPES: dict[str, type] = {v: k for k, v in _TYPE_NAMES.items()}
+_FIELDS = {cls: fields(cls) for cls in _TYPE_NAMES}
+_NAMES = {cls: frozenset(f.name for f in fs) for cls, fs in _FIELDS.items()}
 _ARRAY_FIELDS = {"pixels", "boxes", "scores", "class_ids"}
 
 
@@ -307,7 +311,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
     header: dict[str, Any] = {"v": WIRE_VERSION, "type": name}
     buffers: list[memoryview] = []
     specs: list[dict[str, Any]] = []
-    for f in fields(msg):
+    for f in _FIELDS[type(msg)]:
         value = getattr(msg, f.name)
         if f.name in _ARRAY_FIELDS:
             if isinstance(value, ShmRef):
@@ -318,9 +322,10 @@ def encode(msg: Message) -> list[bytes | memoryview]:
                     f"{name}.{f.name} must be an ndarray or ShmRef, got {type(value).__name__}"
                 )
             arr = np.ascontiguousarray(value)
-            if arr.dtype.name not in _DTYPES:
+            dname = _NAME_OF.get(arr.dtype)
+            if dname is None:
                 raise MessageError(f"{name}.{f.name}: unsupported dtype {arr.dtype}")
-            specs.append({"name": f.name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
+            specs.append({"name": f.name, "dtype": dname, "shape": list(arr.shape)})
             buffers.append(arr.reshape(-1).view(np.uint8).data)
         elif f.name == "objects":
             header[f.name] = [_object_json(o) for o in value]
@@ -403,13 +408,13 @@ def decode(frames: Sequence[Any]) -> Message:
             raise MessageError(f"{where}: unsupported dtype {dtype!r}")
         shape = _shape(spec.get("shape"), f"{where}.shape")
         buf = _buffer(frames[1 + i])
-        expect = math.prod(shape) * np.dtype(dtype).itemsize
+        expect = math.prod(shape) * _DTYPE_OF[dtype].itemsize
         if buf.nbytes != expect:
             raise MessageError(
                 f"{name}.{bname}: buffer has {buf.nbytes} bytes, dtype {dtype} shape "
                 f"{tuple(shape)} needs {expect}"
             )
-        arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        arr = np.frombuffer(buf, dtype=_DTYPE_OF[dtype]).reshape(shape)
         arr.flags.writeable = False  # it is the received frame's memory: never write into it
         arrays[bname] = arr
     try:
@@ -422,11 +427,11 @@ def decode(frames: Sequence[Any]) -> Message:
 
 def _build(cls: type, name: str, h: dict[str, Any], arrays: dict[str, np.ndarray]) -> Message:
     kw: dict[str, Any] = {}
-    known = {f.name for f in fields(cls)}
+    known = _NAMES[cls]
     extra = set(h) - known - {"v", "type", "buffers"}
     if extra:
         raise MessageError(f"{name}: unknown field(s) {sorted(extra)}")
-    for f in fields(cls):
+    for f in _FIELDS[cls]:
         where = f"{name}.{f.name}"
         if f.name in _ARRAY_FIELDS:
             if f.name in arrays:
@@ -505,7 +510,7 @@ def _check(msg: Any, name: str) -> None:
 
 
 def _dtype(p: Any) -> str:
-    return p.dtype if isinstance(p, ShmRef) else np.dtype(p.dtype).name
+    return p.dtype if isinstance(p, ShmRef) else _NAME_OF.get(p.dtype, str(p.dtype))
 
 
 def _rows(a: Any, name: str, tail: tuple[int, ...]) -> int:
@@ -514,7 +519,7 @@ def _rows(a: Any, name: str, tail: tuple[int, ...]) -> int:
         raise MessageError(f"detections.{name} must be an (N, {', '.join(map(str, tail))}) "
                            f"array, got {shape}")  # fmt: skip
     want = {"boxes": "float32", "scores": "float32", "class_ids": "int64"}[name]
-    if a.dtype.name != want:
+    if a.dtype != _DTYPE_OF[want]:
         raise MessageError(f"detections.{name} must be {want}, got {a.dtype}")
     return int(a.shape[0])
 
