@@ -105,12 +105,12 @@ def child_main(
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    logging.basicConfig(
-        level=log_level,
-        format=f"%(asctime)s %(levelname)s {spec.key}[%(process)d] %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    reporter = Reporter(spec.key, stats_q)
+    from pipeline.logs import process_label, setup_logging
+    from pipeline.metrics import process_metrics
+
+    index = spec.index if spec.role == "preprocess" else None
+    setup_logging(log_level, cfg.logging.format, process_label(spec.role, index), cfg.secrets())
+    reporter = Reporter(spec.key, stats_q, metrics=process_metrics())
     try:
         ROLES[spec.role](spec, cfg, edges, stop, done, reporter)
     except (ValueError, FileNotFoundError) as e:  # config-like: the same on every restart
@@ -299,7 +299,7 @@ def _run(stage: Any, name: str, inp: EdgePlan, out: EdgePlan | None, cfg: Pipeli
     receiver = inp.open_receiver(name=f"{name}-in")
     sender = out.open_sender(stop, name=name, pool=pool) if out is not None else None
     counters = StageCounters()
-    reporter.source(lambda: {"stage": counters})
+    reporter.source(lambda: {"stage": counters.snapshot()})
     pump = threading.Thread(target=_report_loop, args=(reporter, stop), daemon=True)
     pump.start()
     try:

@@ -29,30 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig, load_config, parse_camera_arg, quick_config
+from pipeline.logs import setup_from_config, summary_line
 from pipeline.supervisor import Supervisor
 
 log = logging.getLogger("edgestream.run")
-
-
-def summary_line(stats: dict[str, Any]) -> str:
-    """One line: cameras up, published fps, drops by stage/reason, batch size, latency."""
-    cams = stats["cameras"]
-    up = sum(1 for c in cams.values() if c["up"])
-    published = sum(c["published"] for c in cams.values())
-    fps = sum(c["fps"] for c in cams.values())
-    drops: dict[str, int] = {}
-    for c in cams.values():
-        for k, v in c["dropped"].items():
-            drops[k] = drops.get(k, 0) + v
-    p50 = [c["latency_p50_ms"] for c in cams.values() if c["latency_p50_ms"] is not None]
-    p99 = [c["latency_p99_ms"] for c in cams.values() if c["latency_p99_ms"] is not None]
-    drop_text = ", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"
-    lat = f"e2e p50 {max(p50):.0f} ms p99 {max(p99):.0f} ms" if p50 else "e2e -"
-    return (
-        f"summary: cameras up {up}/{len(cams)} | published {published} ({fps:.1f} fps) | "
-        f"dropped {sum(drops.values())} ({drop_text}) | batch {stats['batches']['mean_size']} | "
-        f"{lat} | restarts {sum(stats['restarts'].values())}"
-    )
 
 
 def pipeline_stats(s: Supervisor) -> dict[str, Any]:
@@ -143,6 +123,7 @@ class Pipeline:
 
 def run_pipeline(cfg: PipelineConfig) -> int:
     """Run until SIGTERM/SIGINT (0), the end of an offline run (0), or a fatal error (2)."""
+    setup_from_config(cfg, "supervisor")
     sup = Supervisor(cfg, log_level=cfg.logging.level)
     sup.on_poll.append(SummaryLogger(cfg.logging.summary_interval_s))
     code = sup.run()

@@ -41,12 +41,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class Reporter:
-    """The child side: collects and periodically sends a snapshot (never blocks the stage)."""
+STAGE_ORDER = ("decode", "preprocess", "detect", "track")
 
-    def __init__(self, key: str, q: Any, interval_s: float = 1.0) -> None:
+
+class Reporter:
+    """The child side: collects and periodically sends a snapshot (never blocks the stage).
+
+    It also feeds this process's Prometheus metrics (`pipeline.metrics`, multiprocess files):
+    published frames and their capture-to-publish and per-stage latencies, batch sizes, camera
+    states as they happen; the stage's cumulative counters (frames sent and dropped per camera)
+    as increments on every snapshot.
+    """
+
+    def __init__(self, key: str, q: Any, interval_s: float = 1.0, metrics: Any = None) -> None:
         self.key = key
+        self.stage = key.rstrip("0123456789")
         self.q = q
+        self.metrics = metrics
         self.interval_s = interval_s
         self._lock = threading.Lock()
         self._sources: list[Callable[[], dict[str, Any]]] = []
@@ -65,15 +76,29 @@ class Reporter:
         with self._lock:
             self.published[camera] += 1
             self._new_latency.setdefault(camera, []).append(latency_s)
+        m = self.metrics
+        if m is not None:
+            m.frames(camera, "sink")
+            m.e2e_latency(camera, max(0.0, latency_s))
+            now = time.time()
+            seen = [s for s in STAGE_ORDER if s in stage_ts]
+            stamps = [*(stage_ts[s] for s in seen), now]
+            names = [*seen[1:], "sink"]
+            for name, t0, t1 in zip(names, stamps, stamps[1:], strict=False):
+                m.stage_latency(name, max(0.0, t1 - t0))
 
     def batch(self, size: int, seconds: float) -> None:
         with self._lock:
             self.batch_sizes[size] += 1
             self.batch_seconds += seconds
+        if self.metrics is not None:
+            self.metrics.batch(size)
 
     def camera_state(self, camera: str, state: Any, reason: str) -> None:
         with self._lock:
             self.camera_up[camera] = getattr(state, "value", state) == "streaming"
+        if self.metrics is not None:
+            self.metrics.camera_state(camera, state)
         self.maybe_send(force=True)
 
     # --------------------------------------------------------------- sending
@@ -102,12 +127,38 @@ class Reporter:
         if not force and now - self._last < self.interval_s:
             return
         self._last = now
+        snap = self.snapshot()
+        if self.metrics is not None:
+            try:
+                self._sync_metrics(snap)
+            except Exception:
+                log.debug("metrics sync failed", exc_info=True)
         # best effort: the supervisor may be gone or slow
         with contextlib.suppress(queue.Full, ValueError, OSError, AssertionError):
-            self.q.put_nowait(self.snapshot())
+            self.q.put_nowait(snap)
 
     def close(self) -> None:
         self.maybe_send(force=True)
+
+    def _sync_metrics(self, snap: dict[str, Any]) -> None:
+        """Cumulative counters of the snapshot → Prometheus increments."""
+        m = self.metrics
+        stage = snap.get("stage") or {}
+        if self.stage != "sink":  # the sink counts published frames itself
+            for cam, n in (stage.get("sent") or {}).items():
+                m.sync_counter(m.frames_total, (cam, self.stage), n)
+        for key, n in (stage.get("dropped") or {}).items():
+            cam, _, reason = key.partition("|")
+            m.sync_counter(m.frames_dropped_total, (cam, self.stage, reason), n)
+        decode = snap.get("decode") or {}
+        for cam, n in (decode.get("sent") or {}).items():
+            m.sync_counter(m.frames_total, (cam, "decode"), n)
+        for key, n in (decode.get("dropped") or {}).items():
+            cam, _, reason = key.partition("|")
+            m.sync_counter(m.frames_dropped_total, (cam, "decode", reason), n)
+        sinks = snap.get("sinks") or {}
+        if isinstance(sinks.get("RedisSink"), dict):
+            m.sync_redis(sinks["RedisSink"])
 
 
 # ------------------------------------------------------------------------------ supervisor

@@ -91,6 +91,9 @@ class Supervisor:
         self._run_dir: Path | None = None
         self._own_run_dir = False
         self.on_poll: list[Callable[[Supervisor], None]] = []
+        self.metrics_dir: Path | None = None
+        self.health: Any = None
+        self.metrics: Any = None
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -105,6 +108,7 @@ class Supervisor:
             self._run_dir = Path(tempfile.mkdtemp(prefix=f"edgestream-{self.cfg.name}-"))
             self._own_run_dir = True
         self.edges = plan_edges(self.cfg, self._run_dir)
+        self._start_metrics()
         for role in STAGES:
             if not self.cfg.runs(role):
                 continue
@@ -117,6 +121,47 @@ class Supervisor:
         self.started = True
         log.info("pipeline %s started: %s", self.cfg.name,
                  ", ".join(f"{k}={c.proc.pid}" for k, c in self.children.items()))  # fmt: skip
+
+    def _start_metrics(self) -> None:
+        """Multiprocess Prometheus files (children inherit the folder through the
+        environment) and the /metrics /healthz /readyz server."""
+        from pipeline import metrics
+        from pipeline.health import start_health_server
+
+        self.metrics_dir = metrics.setup_multiprocess(name=self.cfg.name)
+        self.metrics = metrics.process_metrics()
+        m = self.cfg.metrics
+        self.health = start_health_server(
+            m.host, m.port, liveness=self.liveness, readiness=self.readiness
+        )
+
+    def liveness(self) -> dict[str, bool | str]:
+        """/healthz: every stage process alive (a restarting one reports why it is down)."""
+        out: dict[str, bool | str] = {}
+        for key, c in self.children.items():
+            if c.proc is not None and c.proc.is_alive():
+                out[key] = True
+            elif c.restart_at is not None:
+                out[key] = f"exited with {c.exit_codes[-1] if c.exit_codes else '?'}, restarting"
+            else:
+                out[key] = False
+        return out
+
+    def readiness(self) -> list[str]:
+        """/readyz: why the pipeline cannot do its job yet (empty: ready)."""
+        reasons = [f"{k} not running" for k, v in self.liveness().items() if v is not True]
+        procs = self.board.procs
+        if "detect" in self.children and not (
+            "detect" in procs and procs["detect"].snap.get("ready")
+        ):
+            reasons.append("model not loaded")
+        if "sink" in self.children and self.cfg.sinks.redis is not None:
+            redis = ((procs["sink"].snap.get("sinks") or {}) if "sink" in procs else {}).get(
+                "RedisSink"
+            ) or {}
+            if not redis.get("connected"):
+                reasons.append("redis sink not connected")
+        return reasons
 
     def _spawn(self, child: _Child) -> None:
         if child.stats_q is not None:
@@ -157,6 +202,10 @@ class Supervisor:
                 continue
             if child.restart_at is None:
                 code = proc.exitcode if proc is not None else None
+                if proc is not None:
+                    from pipeline.metrics import mark_process_dead
+
+                    mark_process_dead(proc.pid)
                 child.exit_codes.append(code if code is not None else -1)
                 if code == EXIT_CONFIG:
                     self.fatal = f"{key} cannot run with this configuration (see its log above)"
@@ -172,6 +221,8 @@ class Supervisor:
             elif now >= child.restart_at:
                 child.restarts += 1
                 self._spawn(child)
+                if self.metrics is not None:
+                    self.metrics.restart(child.spec.role)
                 log.info("%s restarted (pid %d, restart #%d)", key, child.proc.pid, child.restarts)
         for fn in self.on_poll:
             fn(self)
@@ -207,6 +258,9 @@ class Supervisor:
                 proc.kill()
                 proc.join(1.0)
         self._drain()
+        if self.health is not None:
+            self.health.stop()
+            self.health = None
         self.cleanup()
         log.info("pipeline %s stopped", self.cfg.name)
 
@@ -230,6 +284,12 @@ class Supervisor:
             if child.stats_q is not None:
                 _close_queue(child.stats_q)
                 child.stats_q = None
+
+        if self.metrics_dir is not None:
+            from pipeline.metrics import teardown_multiprocess
+
+            teardown_multiprocess(self.metrics_dir)
+            self.metrics_dir = None
 
     def _drain(self) -> None:
         for child in self.children.values():

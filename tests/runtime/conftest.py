@@ -66,7 +66,7 @@ def pipeline_config(tmp: Path, model: Path, cameras: dict[str, str], **over: Any
             "device": "cpu",
             "threads": 1,
             "max_detections": MAX_DET,
-        },  # fmt: skip
+        },
         "batching": {"max_batch": 4, "max_wait_ms": 10},
         "sinks": {"jsonl": {"path": str(tmp / "out" / "{camera}.jsonl")}},
         "metrics": {"port": 0},
