@@ -298,6 +298,8 @@ class Sender:
                 return False
             return True
         parts = encode_msg(self._prepare(msg, block))
+        if cast(int, self.socket.get(zmq.EVENTS)) & zmq.POLLOUT and self._try(parts, block):
+            return True  # room at once (also when stopping)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not (check_stop and self.stop is not None and self.stop.is_set()):
             wait_ms = 100

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zmq
 
 from pipeline import transport
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, Message
@@ -71,6 +72,13 @@ class Ticker(Echo):
         return [det("tick", self.ticks)] if self.ticks <= 3 else []
 
 
+def wait_connected(tx: Sender, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not tx.socket.get(zmq.EVENTS) & zmq.POLLOUT:
+        assert time.monotonic() < deadline, f"{tx.name} never connected"
+        time.sleep(0.005)
+
+
 class Edges:
     """in → stage → out, on ipc sockets in a temp dir; the test talks to both ends."""
 
@@ -80,6 +88,7 @@ class Edges:
         self.rx = Receiver(f"ipc://{tmp}/in.sock", capacity, name="stage")
         self.out = Sender(f"ipc://{tmp}/out.sock", capacity, stop=self.stop)
         self.sink = Receiver(f"ipc://{tmp}/out.sock", capacity)
+        wait_connected(self.out)  # realtime sends to an edge not connected yet are refused
 
     def run(self, stage: Stage, **kw: object) -> threading.Thread:
         self.counters = StageCounters()
@@ -232,6 +241,7 @@ def test_block_policy_per_message_and_route_function(tmp_path: Path) -> None:
     rx = Receiver(f"ipc://{tmp_path}/in.sock")
     try:
         route = {"cam-a": to_a, "cam-b": to_b}
+        wait_connected(to_b)  # cam-b is realtime (non-blocking)
         t = threading.Thread(
             target=run_stage,
             args=(Echo(fail_on=None), rx, lambda m: route.get(m.camera_id), stop),
