@@ -41,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -74,14 +75,18 @@ def _mem(pid: int) -> dict[str, int]:
 # ------------------------------------------------------------------------- processes
 
 
-def consumer(mode: str, endpoint: str, ack_endpoint: str, ready: Any, results: Any) -> None:
+def consumer(
+    mode: str, endpoint: str, ack_endpoint: str, ready: Any, results: Any, keep: int | None
+) -> None:
+    """keep: how many latency samples to keep (the long run keeps a bounded window, so the
+    bench's own bookkeeping does not show as memory growth)."""
     rx = Receiver(endpoint, capacity=8, pixels="ref" if mode == "ipc+shm/ref" else "copy")
     ack = transport.context().socket(zmq.PUSH)
     ack.setsockopt(zmq.LINGER, 0)
     ack.connect(ack_endpoint)
     ready.put(rx.address)
-    hops: list[float] = []
-    totals: list[float] = []
+    hops: deque[float] = deque(maxlen=keep)
+    totals: deque[float] = deque(maxlen=keep)
     dropped = 0
     cpu0: float | None = None
     while True:
@@ -108,7 +113,7 @@ def consumer(mode: str, endpoint: str, ack_endpoint: str, ready: Any, results: A
         hops.append(now - msg.stage_ts["send"])
         totals.append(now - msg.stage_ts["start"])
     cpu = time.process_time() - (cpu0 or 0.0)
-    results.put({"hops": hops, "totals": totals, "dropped": dropped, "cons_cpu": cpu})
+    results.put({"hops": list(hops), "totals": list(totals), "dropped": dropped, "cons_cpu": cpu})
     ack.close(0)
     rx.close()
     transport.shutdown()
@@ -190,7 +195,8 @@ def run_pair(
         s.close(0)
         ack_ep = f"tcp://127.0.0.1:{port}"
     ready, results = SPAWN.Queue(), SPAWN.Queue()
-    cons = SPAWN.Process(target=consumer, args=(mode, endpoint, ack_ep, ready, results))
+    keep = 1000 if minutes else None
+    cons = SPAWN.Process(target=consumer, args=(mode, endpoint, ack_ep, ready, results, keep))
     cons.start()
     address = ready.get(timeout=60)
     prod_results = SPAWN.Queue()
