@@ -3,8 +3,8 @@
 A `ShmRing` is one file in ``/dev/shm`` mapped with ``mmap``: a header, one 64-byte control
 line per slot, then ``slots`` data slots of ``slot_bytes`` each (rounded up to 4 KiB, so every
 slot starts on a page: good for ``cudaHostRegister`` and for the CPU). Only the producer that
-created it writes; consumers attach read-only by name and never write, so there are no locks or
-acknowledgements across processes, and a slow consumer can never stall the producer.
+created it writes the slots; consumers attach by name and map the slots read-only, so there are
+no locks across processes, and in realtime mode a slow consumer can never stall the producer.
 
 Seqlock per slot: a 64-bit generation counter, odd while the producer writes the slot, even when
 the data is complete. ``write`` returns a `ShmRef` with the even generation it left. A reader
@@ -13,9 +13,11 @@ was overwritten (the consumer was slower than ``slots`` writes) and `read` retur
 caller counts a drop. ``view`` + ``valid`` do the same without the copy (check *after* using
 the view).
 
-Offline (lose nothing): a consumer marks a slot *released* when it is done with it (`read` does
-it; after a `view`, call `release`), and a producer writing with ``wait_s > 0`` waits for the
-release of a slot's previous content before overwriting it. Realtime writers never wait.
+Offline (lose nothing): a consumer marks a slot *released* in its control line when it is done
+with it (`read` does it; after a `view`, call `release`), and a producer writing with
+``wait_s > 0`` waits for the release of a slot's previous content before overwriting it, so it
+runs at most ``slots`` items ahead. Realtime writers never wait. One consumer per descriptor
+(PUSH/PULL delivers each message to one peer), so one release field per slot suffices.
 
 Memory ordering: 8-byte aligned stores and loads are atomic on 64-bit CPUs, and x86 keeps
 stores in order (TSO), so the protocol is exact there. On weakly ordered CPUs (ARM) there is no
