@@ -34,7 +34,8 @@ class PreprocessStageConfig:
     slab_slots: slots in it. Each holds one (3, H, W) item until detect has read it; size it to
         cover the items queued between here and the detect stage (queue capacity + a batch),
         or items are overwritten (dropped) before detect reads them.
-    input_hw: model input (height, width). inline: send pixels in the message instead.
+    input_hw: model input (height, width); the longest side is resized to 4 px less (636 for
+        640, as in training). inline: send pixels in the message instead.
     """
 
     slab_name: str | None
@@ -57,6 +58,7 @@ class PreprocessStage:
         self.on_drop = on_drop
         self._reader = ShmReader()
         self._slab: ShmRing | None = None
+        self._resize_to = min(config.input_hw) - 4
         self._frame_buf: np.ndarray | None = None
         self.processed = 0
         self.dropped = 0
@@ -82,10 +84,10 @@ class PreprocessStage:
         pixels: ShmRef | np.ndarray
         if self._slab is not None and isinstance(msg.pixels, ShmRef):
             with self._slab.writing((3, *self.config.input_hw)) as w:
-                _, meta = letterbox(rgb, out=w.array, input_hw=self.config.input_hw)
+                _, meta = letterbox(rgb, w.array, self.config.input_hw, self._resize_to)
             pixels = w.ref
         else:  # inline in, inline out: an offline frame, or a tcp edge
-            pixels, meta = letterbox(rgb, input_hw=self.config.input_hw)
+            pixels, meta = letterbox(rgb, None, self.config.input_hw, self._resize_to)
         self.processed += 1
         return [ItemMsg.from_frame(msg, meta, pixels, {**msg.stage_ts, STAGE: time.time()})]
 

@@ -132,6 +132,7 @@ def test_sigterm_exits_zero_no_leftovers(
     assert not any(p.name.startswith(f"edgestream-{cfg['name']}-") for p in Path("/tmp").iterdir())
 
 
+@pytest.mark.slow
 def test_slow_sink_drops_frames_memory_and_latency_bounded(
     tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any]
 ) -> None:

@@ -18,7 +18,7 @@ from conftest import VIDEO, box_key, pipeline_config, read_jsonl, start_run, wri
 
 CASES = [
     pytest.param(1, 2.0, id="1-camera"),
-    pytest.param(3, 1.0, id="3-cameras"),
+    pytest.param(3, 0.5, id="3-cameras"),
     pytest.param(8, 0.5, id="8-cameras", marks=pytest.mark.slow),
 ]
 
