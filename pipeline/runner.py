@@ -7,7 +7,8 @@ A stage knows nothing of sockets::
         def process(self, msg) -> Iterable[Message]: ...       # one input -> zero or more outputs
         def close(self) -> Iterable[Message] | None: ...       # flush what it holds, release
         # optional: def tick(self, now: float) -> Iterable[Message]   (time-driven output,
-        #           e.g. a batch deadline), called every poll_interval_ms (attribute, default 50)
+        #           e.g. a batch deadline; now = time.monotonic()), called every
+        #           poll_interval_ms (attribute, default 50) and once more before close()
 
 `run_stage` owns the rest: it receives, calls the stage, routes each output to a `Sender`,
 sends it blocking or not (per message: offline cameras block and lose nothing, live ones drop
@@ -53,7 +54,8 @@ class StageCounters:
 
     received / sent: per camera. dropped: per (camera, reason) — ``queue_full`` when an output
     refused a message, plus the `DropMsg` tombstones this stage received or produced.
-    errors: per camera, exceptions in ``process``. malformed: undecodable input messages.
+    errors: per camera, exceptions in ``process`` (camera ``""``: in ``tick``).
+    malformed: undecodable input messages.
     """
 
     received: Counter[str] = field(default_factory=Counter)
@@ -134,7 +136,18 @@ def run_stage(
         next_tick = time.monotonic()
         while not stop.is_set():
             if tick is not None and time.monotonic() >= next_tick:
-                emit(tick(time.time()))
+                try:
+                    ticked = list(tick(time.monotonic()))
+                except FatalStageError:
+                    raise
+                except Exception:
+                    failures += 1
+                    c.errors[""] += 1
+                    log.exception("%s: tick() failed", name)
+                    if failures >= max_consecutive_errors:
+                        raise FatalStageError(f"{name}: {failures} failures in a row") from None
+                    ticked = []
+                emit(ticked)
                 next_tick = time.monotonic() + poll_ms / 1000
             if receiver is None:
                 time.sleep(poll_ms / 1000)
@@ -179,7 +192,7 @@ def run_stage(
         flushed: list[Message] = []
         try:
             if tick is not None:
-                flushed.extend(tick(time.time()) or ())
+                flushed.extend(tick(time.monotonic()) or ())
             flushed.extend(stage.close() or ())
         except Exception:
             log.exception("%s: close() failed", name)

@@ -210,6 +210,26 @@ def test_tick_output_and_source_stage_without_receiver(edges: Edges) -> None:
     assert [m.seq for m in got] == [1, 2, 3]  # type: ignore[union-attr]
 
 
+def test_tick_failure_is_logged_and_counted_not_fatal(edges: Edges) -> None:
+    class BadTicker(Ticker):
+        def tick(self, now: float) -> Iterable[Message]:
+            self.ticks += 1
+            if self.ticks == 2:
+                raise RuntimeError("tick boom")
+            return [det("tick", self.ticks)] if self.ticks <= 3 else []
+
+    t = threading.Thread(
+        target=run_stage,
+        args=(BadTicker(), None, edges.out, edges.stop),
+        kwargs={"block": True, "counters": (c := StageCounters())},
+    )
+    t.start()
+    got = edges.collect(2)
+    edges.stop.set()
+    t.join(5)
+    assert [m.seq for m in got] == [1, 3] and c.errors[""] == 1  # type: ignore[union-attr]
+
+
 def test_realtime_output_full_counts_queue_full_drops(tmp_path: Path) -> None:
     e = Edges(tmp_path, capacity=2)
     try:
