@@ -108,11 +108,13 @@ def run_stage(
     tick = getattr(stage, "tick", None)
     failures = 0
 
-    def emit(out: Iterable[Message] | None, draining: bool = False) -> None:
+    def emit(
+        out: Iterable[Message] | None, draining: bool = False, forwarded: Message | None = None
+    ) -> None:
         for m in out or ():
             senders = route(m)
-            if isinstance(m, DropMsg) and m.stage == name:
-                c.dropped[(m.camera_id, m.reason)] += 1
+            if isinstance(m, DropMsg) and m.stage == name and m is not forwarded:
+                c.dropped[(m.camera_id, m.reason)] += 1  # a tombstone this stage made
             for s in senders:
                 must = isinstance(m, EndMsg) or blocking(m)
                 try:
@@ -187,7 +189,7 @@ def run_stage(
                     out = [msg]
             else:
                 failures = 0
-            emit(out)
+            emit(out, forwarded=msg)
     finally:
         flushed: list[Message] = []
         try:

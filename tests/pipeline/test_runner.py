@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 import zmq
 
 from pipeline import transport
-from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, Message
+from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, FrameMsg, Message
 from pipeline.runner import FatalStageError, Stage, StageCounters, run_stage
+from pipeline.shm import ShmPool
 from pipeline.transport import Receiver, Sender
 
 
@@ -250,6 +252,31 @@ def test_realtime_output_full_counts_queue_full_drops(tmp_path: Path) -> None:
     finally:
         e.stop.set()
         e.close()
+
+
+def test_overwritten_input_frames_are_counted_and_forwarded_as_tombstones(tmp_path: Path) -> None:
+    pool = ShmPool(f"test{uuid.uuid4().hex[:10]}", "frames", slots=4)
+    e = Edges(tmp_path, capacity=64)
+    src = Sender(f"ipc://{tmp_path}/in2.sock", 64, shm=pool)
+    rx = Receiver(f"ipc://{tmp_path}/in2.sock", 64, name="stage")
+    try:
+        wait_connected(src)
+        for i in range(10):  # realtime frames into 4 slots, before the stage reads any
+            px = np.full((8, 8, 3), i, np.uint8)
+            assert src.send(FrameMsg("cam", i, i, 1e9, "wallclock", 8, 8, px))
+        e.rx.close()
+        e.rx = rx
+        t = e.run(Echo(fail_on=None))
+        got = e.collect(10)
+        e.stop.set()
+        t.join(10)
+        assert [type(m).__name__ for m in got] == ["DropMsg"] * 6 + ["FrameMsg"] * 4
+        assert e.counters.dropped[("cam", "shm_overwritten")] == 6
+    finally:
+        e.stop.set()
+        src.close()
+        e.close()
+        pool.close()
 
 
 def test_block_policy_per_message_and_route_function(tmp_path: Path) -> None:
