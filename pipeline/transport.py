@@ -234,7 +234,7 @@ def split_capacity(capacity: int) -> tuple[int, int]:
 
 
 class Sender:
-    """The PUSH end of an edge.
+    """The PUSH end of an edge. Like its ZeroMQ socket, use it from one thread only.
 
     endpoint: see the module doc (bare: connect). capacity: messages queued on the edge.
     shm: a pool to move the pixel arrays of realtime sends into shared memory (ipc edges).
@@ -369,7 +369,7 @@ class Sender:
 
 
 class Receiver:
-    """The PULL end of an edge (bare endpoint: bind).
+    """The PULL end of an edge (bare endpoint: bind). Use it from one thread only.
 
     pixels: ``"copy"`` resolves `ShmRef` pixels to ndarrays (an overwritten slot gives a
     `DropMsg` with reason ``shm_overwritten``, stage ``name``); ``"ref"`` leaves them.
