@@ -36,6 +36,7 @@ from pipeline.config import (
 )
 from pipeline.edges import EdgePlan
 from pipeline.messages import Message
+from pipeline.policy import RealtimePolicy
 from pipeline.runner import StageCounters, run_stage
 from pipeline.stats import Reporter
 
@@ -123,8 +124,8 @@ def child_main(
     transport.shutdown()
 
 
-def _realtime(cfg: PipelineConfig) -> frozenset[str]:
-    return frozenset(c.id for c in cfg.effective_cameras() if c.realtime)
+def _realtime(cfg: PipelineConfig) -> RealtimePolicy:
+    return RealtimePolicy.from_config(cfg)
 
 
 def _offline_blocks(cfg: PipelineConfig) -> Callable[[Message], bool]:
@@ -281,7 +282,9 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         sinks.append(JsonlSink(jsonl_cfg))
     age_ms = cfg.batching.max_frame_age_ms
     files = [c.id for c in cfg.effective_cameras() if c.kind == "file" and not c.loop]
-    everything_ends = len(files) == len(cfg.cameras) and not _realtime(cfg)
+    everything_ends = len(files) == len(cfg.cameras) and not any(
+        c.realtime for c in cfg.effective_cameras()
+    )
     stage = SinkStage(
         sinks,
         expected_cameras=files if everything_ends else (),

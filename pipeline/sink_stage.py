@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, Protocol
 
 from pipeline.messages import DropMsg, EndMsg, Message, TrackedMsg
@@ -50,7 +50,7 @@ class SinkStage:
         expected_cameras: Iterable[str] = (),
         on_published: Callable[[str, float, dict[str, float]], None] | None = None,
         on_done: Callable[[], None] | None = None,
-        realtime_cameras: Iterable[str] = (),
+        realtime_cameras: Container[str] = (),
         max_age_s: float | None = None,
     ) -> None:
         self.sinks = list(sinks)
@@ -58,7 +58,7 @@ class SinkStage:
         self.ended: set[str] = set()
         self.on_published = on_published
         self.on_done = on_done
-        self.realtime = frozenset(realtime_cameras)
+        self.realtime = realtime_cameras
         self.max_age_s = max_age_s
         self.stale = 0
         self.published = 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,7 +40,7 @@ class OrderedTrackConfig:
 
     track: TrackStageConfig = field(default_factory=TrackStageConfig)
     class_names: Sequence[str] = ()
-    realtime_cameras: frozenset[str] = field(default_factory=frozenset)
+    realtime_cameras: Container[str] = field(default_factory=frozenset)
     reorder_timeout_ms: float = 500.0
     offline_timeout_s: float = 60.0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ class DetectStageConfig:
     max_batch: int = 8
     max_wait_ms: float = 10.0
     max_frame_age_ms: float | None = 1000.0
-    realtime_cameras: frozenset[str] = field(default_factory=frozenset)
+    realtime_cameras: Container[str] = field(default_factory=frozenset)
 
 
 def _torch_cuda_device(backend: Backend) -> Any | None:

@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO / "tests" / "sinks") not in sys.path:  # redis_server helper
+    sys.path.insert(0, str(REPO / "tests" / "sinks"))
 VIDEO = "car-detection.mp4"  # 768x432, 377 frames at 12.5 fps
 MAX_DET = 20  # keeps JSON small: the comparison is per box anyway
 

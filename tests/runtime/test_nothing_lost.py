@@ -10,6 +10,7 @@ camera's `EndMsg` says how many frames decode forwarded; every one of them must 
 from __future__ import annotations
 
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +62,49 @@ def test_run_equals_detect(
             total += len(got)
     assert total > 0, "no detections at all: the comparison would mean nothing"
     assert "dropped 0 (none)" in text.strip().splitlines()[-1] or "dropped 0" in text
+
+
+@pytest.mark.slow
+def test_detect_on_another_process_tree_over_tcp(
+    tmp_path: Path,
+    shared_data: Path,
+    tiny_onnx: Path,
+    reference: dict[int, list[tuple[Any, ...]]],
+    reap: list[Any],
+) -> None:
+    """Two process trees, as on two hosts: the detect stage alone in one (binding tcp), the
+    rest in the other; pixels travel inline over tcp. Still exactly `detect`'s output."""
+    from redis_server import free_port
+
+    items, dets = free_port(), free_port()
+    video = str(shared_data / "media" / VIDEO)
+    edge = {"frames": {"endpoint": "auto"}, "tracked": {"endpoint": "auto"}}
+    here = pipeline_config(
+        tmp_path, tiny_onnx, {"cam0": video}, camera_defaults={"detect_fps": 1.0},
+        transport={"stages": ["decode", "preprocess", "track", "sink"], "edges": {
+            **edge, "items": {"endpoint": f"connect:tcp://127.0.0.1:{items}"},
+            "detections": {"endpoint": f"connect:tcp://127.0.0.1:{dets}"}}},
+    )  # fmt: skip
+    there = pipeline_config(
+        tmp_path, tiny_onnx, {}, name=here["name"] + "d",
+        transport={"stages": ["detect"], "edges": {
+            "items": {"endpoint": f"bind:tcp://127.0.0.1:{items}"},
+            "detections": {"endpoint": f"bind:tcp://127.0.0.1:{dets}"}}},
+    )  # fmt: skip
+    del there["sinks"]
+    remote_dir = tmp_path / "remote"
+    remote_dir.mkdir()
+    detector = start_run(write_config(remote_dir, there), remote_dir / "run.log")
+    reap.append(detector)
+    proc = start_run(write_config(tmp_path, here), tmp_path / "run.log")
+    reap.append(proc)
+    rc = proc.wait(timeout=120)
+    text = (tmp_path / "run.log").read_text()
+    assert rc == 0, text[-3000:]
+    detector.send_signal(signal.SIGTERM)
+    assert detector.wait(15) == 0
+    (last,) = re.findall(r"camera cam0: end of file \(last seq (\d+)\)", text)
+    docs = [d for d in read_jsonl(tmp_path / "out" / "cam0.jsonl") if d["type"] == "detections"]
+    assert len(docs) == int(last) + 1
+    for d in docs:
+        assert sorted(box_key(o) for o in d["objects"]) == reference.get(d["frame_id"], [])
