@@ -189,3 +189,26 @@ def test_slow_sink_drops_frames_memory_and_latency_bounded(
     # frames older than 2 x max_frame_age_ms are dropped before the sink; one blocked write
     # (the reader's 0.5 s) may add to it
     assert max(late_latency_s) < 2 * 0.5 + 2.0, late_latency_s
+
+
+def test_bad_weights_is_fatal_not_restarted(
+    tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any]
+) -> None:
+    """A weights file the backend cannot open fails the same way on every restart: the run
+    exits non-zero with the reason, and a stale segment of a dead run is cleaned at start."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    cfg = pipeline_config(tmp_path, bad, {"c": str(shared_data / "media" / VIDEO)})
+    stale = SHM / f"edgestream-{cfg['name']}-999999999-frames.c.1"  # pid that cannot exist
+    stale.write_bytes(b"\0" * 64)
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    log = tmp_path / "run.log"
+    proc = start_run(write_config(tmp_path, cfg), log)
+    reap.append(proc)
+    rc = proc.wait(timeout=90)
+    text = log.read_text()
+    assert rc == 2, text[-3000:]
+    assert "bad.onnx" in text and "configuration error" in text
+    assert "restarted" not in text
+    assert not stale.exists()
+    assert segments(cfg["name"]) == []
