@@ -8,6 +8,8 @@ import os
 import sys
 
 from pipeline import config_cli
+from pipeline import run as run_cli
+from stages.demo import cli as demo_cli
 from stages.detect import cli as detect_cli
 from stages.sinks import cli as sinks_cli
 from stages.synth import cli as synth_cli
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default=os.environ.get("EDGESTREAM_LOG_LEVEL", "INFO"), help="log level"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo_cli.add_parsers(sub)
+    run_cli.add_parsers(sub)
     detect_cli.add_parsers(sub)
     track_cli.add_parsers(sub)
     sinks_cli.add_parsers(sub)
