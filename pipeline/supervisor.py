@@ -206,6 +206,8 @@ class Supervisor:
                     from pipeline.metrics import mark_process_dead
 
                     mark_process_dead(proc.pid)
+                    # the dead child's rings and slabs: readers keep their mappings
+                    cleanup_stale(f"{NAME_PREFIX}{self.cfg.name}-")
                 child.exit_codes.append(code if code is not None else -1)
                 if code == EXIT_CONFIG:
                     self.fatal = f"{key} cannot run with this configuration (see its log above)"
