@@ -53,6 +53,7 @@ class ChildSpec:
     index: int
     pipeline: str
     parent_pid: int
+    incarnation: int = 0  # 0 for the first start, then the restart count
 
     @property
     def key(self) -> str:
@@ -277,7 +278,12 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         sinks.append(RedisSink(redis_cfg))
     jsonl_cfg = jsonl_sink_config(cfg)
     if jsonl_cfg is not None:
+        import dataclasses
+
         from stages.sinks.jsonl import JsonlSink
+
+        if spec.incarnation > 0:  # a restarted sink must not truncate what was written
+            jsonl_cfg = dataclasses.replace(jsonl_cfg, append=True)
 
         sinks.append(JsonlSink(jsonl_cfg))
     age_ms = cfg.batching.max_frame_age_ms

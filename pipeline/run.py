@@ -108,10 +108,12 @@ class Pipeline:
         return False
 
     def stop(self) -> int:
+        # stop first: children restarted by the polling thread die with it (PDEATHSIG
+        # follows the thread that spawned them), so it must outlive the drain
+        self.supervisor.stop()
         self._halt.set()
         if self._thread is not None:
             self._thread.join(2.0)
-        self.supervisor.stop()
         return 2 if self.supervisor.fatal is not None else 0
 
     def __enter__(self) -> Pipeline:

@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import logging
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -128,7 +130,13 @@ class Supervisor:
         from pipeline import metrics
         from pipeline.health import start_health_server
 
-        self.metrics_dir = metrics.setup_multiprocess(name=self.cfg.name)
+        parent = metrics.default_multiproc_parent()
+        for stale in parent.glob(f"{NAME_PREFIX}*-metrics"):  # left by a SIGKILLed supervisor
+            owner = re.search(r"-(\d+)-metrics$", stale.name)
+            if owner and stale.is_dir() and not _pid_alive(int(owner.group(1))):
+                shutil.rmtree(stale, ignore_errors=True)
+        folder = parent / f"{NAME_PREFIX}{self.cfg.name}-{os.getpid()}-metrics"
+        self.metrics_dir = metrics.setup_multiprocess(folder)
         self.metrics = metrics.process_metrics()
         m = self.cfg.metrics
         self.health = start_health_server(
@@ -172,7 +180,7 @@ class Supervisor:
         proc = self._mp.Process(
             target=child_main,
             args=(
-                child.spec,
+                dataclasses.replace(child.spec, incarnation=child.restarts),
                 self.cfg,
                 self.edges,
                 child.stop,
@@ -332,6 +340,16 @@ class Supervisor:
             log.error("pipeline %s failed: %s", self.cfg.name, self.fatal)
             return 2
         return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _close_queue(q: Any) -> None:
