@@ -97,6 +97,17 @@ class Reorderer(Generic[T]):
                 cam.gap_since = now_s if cam.held else None
         return out
 
+    def drain(self) -> list[T]:
+        """Everything held, in seq order per camera, gaps skipped (shutdown)."""
+        out: list[T] = []
+        for cam in self._cams.values():
+            out += self._flush(cam)
+            if cam.held:
+                cam.next_seq = max(cam.held) + 1
+            cam.held.clear()
+            cam.gap_since = None
+        return out
+
     def end(self, camera_id: str, last_seq: int) -> None:
         cam = self._cams.get(camera_id)
         if cam is None:

@@ -95,8 +95,10 @@ class OrderedTrackStage:
         return self._track(out)
 
     def close(self) -> list[Message]:
+        """Track what is still held (gaps skipped) so a drained shutdown publishes it."""
+        out = self._track(self.live.drain() + self.offline.drain())
         self.tracker.close()
-        return []
+        return out
 
     def _track(self, released: list[DetectionsMsg]) -> list[Message]:
         out: list[Message] = [self._tracked(d) for d in released]

@@ -139,13 +139,16 @@ class DetectStage:
                 out += self._run(taken.batch)
         return out
 
-    def close(self) -> None:
+    def close(self) -> list[Message]:
+        """Run what is still waiting (a drained shutdown loses nothing queued here), release."""
+        out = self.flush() if self.backend is not None and self._gather is not None else []
         if self._gather is not None:
             self._gather.close()
             self._gather = None
         if self.backend is not None:
             self.backend.close()
             self.backend = None
+        return out
 
     # ------------------------------------------------------------------------------ internals
     def _run_due(self) -> list[Message]:

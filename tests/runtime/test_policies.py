@@ -102,3 +102,12 @@ def test_reorder_first_frames_out_of_order() -> None:
     assert r.stats.restarts == 0
     r2: Reorderer[str] = Reorderer(timeout_s=None, start_window=10)
     assert r2.push("b", 500, "x", 0.0) == ["x"]  # joined mid-stream (this stage restarted)
+
+
+def test_reorder_drain_releases_everything_held_in_order() -> None:
+    r: Reorderer[str] = Reorderer(timeout_s=None)
+    r.push("a", 0, "f0", 0.0)
+    r.push("a", 3, "f3", 0.0)
+    r.push("a", 2, "f2", 0.0)
+    assert r.drain() == ["f2", "f3"] and r.held() == 0
+    assert r.push("a", 4, "f4", 0.0) == ["f4"]
