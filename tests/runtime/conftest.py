@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,3 +140,48 @@ def reap() -> Iterator[list[subprocess.Popen[bytes]]]:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
+
+
+# ------------------------------------------------------------------ live pipelines, faults
+SHM = Path(os.environ.get("EDGESTREAM_SHM_DIR", "/dev/shm"))
+
+
+def live_config(tmp: Path, model: Path, video: str, n: int = 2, **over: Any) -> dict[str, Any]:
+    cams = {f"live{i}": video for i in range(n)}
+    cfg = pipeline_config(tmp, model, cams, realtime=True, camera_defaults={"loop": True}, **over)
+    cfg["sinks"]["jsonl"]["flush_each_line"] = True
+    return cfg
+
+
+def wait_for(pred: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def stage_pids(log: Path) -> dict[str, int]:
+    text = log.read_text()
+    m = re.findall(r"pipeline \S+ started: (.*)", text)
+    pids = dict((k, int(v)) for k, v in (kv.split("=") for kv in m[-1].split(", "))) if m else {}
+    for key, pid in re.findall(r"(\S+) restarted \(pid (\d+)", text):
+        pids[key] = int(pid)
+    return pids
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def segments(name: str) -> list[str]:
+    return sorted(p.name for p in SHM.glob(f"edgestream-{name}-*"))

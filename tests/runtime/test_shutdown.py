@@ -1,0 +1,72 @@
+"""SIGTERM → exit 0 within 10 s with no process or shared-memory segment left; a
+configuration a stage cannot work with is fatal (non-zero exit, no restart loop)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import (
+    SHM,
+    VIDEO,
+    alive,
+    children_of,
+    live_config,
+    pipeline_config,
+    read_jsonl,
+    segments,
+    start_run,
+    wait_for,
+    write_config,
+)
+
+
+def test_sigterm_exits_zero_no_leftovers(
+    tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any]
+) -> None:
+    cfg = live_config(tmp_path, tiny_onnx, str(shared_data / "media" / VIDEO))
+    log = tmp_path / "run.log"
+    proc = start_run(write_config(tmp_path, cfg), log)
+    reap.append(proc)
+    out = tmp_path / "out" / "live0.jsonl"
+    wait_for(lambda: len(read_jsonl(out)) > 3, 90, "published frames")
+    tree = children_of(proc.pid)
+    assert len(tree) >= 6, tree  # decode, 2 preprocess, detect, track, sink
+    assert segments(cfg["name"]), "live frames travel through shared memory"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=12)
+    print(f"SIGTERM → exit {rc} in {time.monotonic() - t0:.1f} s")
+    assert rc == 0, log.read_text()[-3000:]
+    # multiprocessing's resource tracker leaves when it sees the supervisor's pipe close
+    left = [p for p in tree if alive(p)]
+    cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ") for p in left}
+    wait_for(lambda: not any(alive(p) for p in tree), 3, f"leftover processes {cmdlines}")
+    assert segments(cfg["name"]) == []
+    assert not any(p.name.startswith(f"edgestream-{cfg['name']}-") for p in Path("/tmp").iterdir())
+
+
+def test_bad_weights_is_fatal_not_restarted(
+    tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any]
+) -> None:
+    """A weights file the backend cannot open fails the same way on every restart: the run
+    exits non-zero with the reason, and a stale segment of a dead run is cleaned at start."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    cfg = pipeline_config(tmp_path, bad, {"c": str(shared_data / "media" / VIDEO)})
+    stale = SHM / f"edgestream-{cfg['name']}-999999999-frames.c.1"  # pid that cannot exist
+    stale.write_bytes(b"\0" * 64)
+    os.utime(stale, (time.time() - 60, time.time() - 60))
+    log = tmp_path / "run.log"
+    proc = start_run(write_config(tmp_path, cfg), log)
+    reap.append(proc)
+    rc = proc.wait(timeout=90)
+    text = log.read_text()
+    assert rc == 2, text[-3000:]
+    assert "bad.onnx" in text and "configuration error" in text
+    assert "restarted" not in text
+    assert not stale.exists()
+    assert segments(cfg["name"]) == []
