@@ -540,6 +540,8 @@ def cleanup_stale(prefix: str = NAME_PREFIX, directory: Path | None = None) -> l
     """
     removed = []
     for path in list_segments(prefix, directory):
+        if not path.is_file():
+            continue  # e.g. a metrics folder of the same pipeline: not ours to remove
         info = _read_info(path)
         if info is not None:
             dead = not _alive(info.owner_pid, info.owner_start_ticks)

@@ -342,12 +342,15 @@ def test_cleanup_stale_reused_pid_and_headerless(pipeline_name: str) -> None:
     os.utime(headerless, (old, old))
     young = SHM_DIR / f"{prefix}999999998-partial"
     young.write_bytes(b"")
+    folder = SHM_DIR / f"{prefix}999999997-metrics"
+    folder.mkdir()
     try:
         removed = cleanup_stale(prefix)
         assert sorted(removed) == sorted([ring.name, headerless.name])
-        assert young.exists()
+        assert young.exists() and folder.is_dir()  # too young / not a segment
     finally:
         young.unlink()
+        folder.rmdir()
         ring.close()
 
 
