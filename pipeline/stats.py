@@ -188,7 +188,7 @@ class StatsBoard:
     def __init__(self) -> None:
         self.procs: dict[str, _Proc] = {}
         self._latency: dict[str, deque[float]] = {}
-        self._published_hist: deque[tuple[float, dict[str, int]]] = deque(maxlen=64)
+        self._published_hist: deque[tuple[float, dict[str, int]]] = deque(maxlen=32)
         self.on_latency: Callable[[str, list[float]], None] | None = None
 
     def drain(self, q: Any) -> int:
@@ -215,7 +215,9 @@ class StatsBoard:
             self._latency.setdefault(cam, deque(maxlen=LATENCY_SAMPLES * 4)).extend(samples)
             if self.on_latency is not None:
                 self.on_latency(cam, samples)
-        self._published_hist.append((time.monotonic(), dict(self.total("published"))))
+        now = time.monotonic()
+        if not self._published_hist or now - self._published_hist[-1][0] >= 0.5:
+            self._published_hist.append((now, dict(self.total("published"))))
 
     def total(self, section: str) -> dict[str, Any]:
         """A counter section summed over processes and their earlier incarnations."""
@@ -270,7 +272,7 @@ class StatsBoard:
         t0, first = next(
             ((t, c) for t, c in self._published_hist if t1 - t <= 10.0), self._published_hist[0]
         )
-        if t1 - t0 <= 0:
+        if t1 - t0 < 1.0:
             return {}
         return {cam: (n - first.get(cam, 0)) / (t1 - t0) for cam, n in last.items()}
 

@@ -140,8 +140,9 @@ class DetectStage:
         return out
 
     def close(self) -> list[Message]:
-        """Run what is still waiting (a drained shutdown loses nothing queued here), release."""
-        out = self.flush() if self.backend is not None and self._gather is not None else []
+        """Release the backend. Items still waiting are dropped (``shutdown``, counted) rather
+        than run: on a CPU one more batch can take longer than the whole stop budget."""
+        out: list[Message] = [self._drop(i, "shutdown") for i in self.policy.drain()]
         if self._gather is not None:
             self._gather.close()
             self._gather = None
