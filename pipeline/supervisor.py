@@ -251,22 +251,23 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
-        deadline = time.monotonic() + self.stop_timeout_s - 0.5
-        order = list(self.children.values())  # pipeline order
+        t0 = time.monotonic()
+        deadline = t0 + max(0.5, self.stop_timeout_s - 2.0)  # the rest: kill and clean up
+        order = list(self.children.values())  # pipeline order: upstream drains first
         for i, child in enumerate(order):
             child.stop.set()
             proc = child.proc
             if proc is None:
                 continue
-            left = len(order) - i
-            budget = max(0.05, (deadline - time.monotonic()) / left)
+            budget = max(0.05, (deadline - time.monotonic()) / (len(order) - i))
             proc.join(budget)
-        for child in order:
-            proc = child.proc
-            if proc is not None and proc.is_alive():
-                log.warning("%s did not stop in time: killing it", child.spec.key)
-                proc.kill()
-                proc.join(1.0)
+        stragglers = [c for c in order if c.proc is not None and c.proc.is_alive()]
+        for child in stragglers:
+            log.warning("%s did not stop in time: killing it", child.spec.key)
+            child.proc.kill()
+        kill_deadline = time.monotonic() + 1.0
+        for child in stragglers:
+            child.proc.join(max(0.01, kill_deadline - time.monotonic()))
         self._drain()
         if self.health is not None:
             self.health.stop()
