@@ -29,12 +29,14 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 import numpy as np
 
-from stages.detect.types import LetterboxMeta
-from stages.sinks.messages import FrameResult, TrackedObject, TrackLifecycleEvent
+if TYPE_CHECKING:  # imported where used: stages.sinks pulls in the tracker (scipy), which the
+    # decode, preprocess and detect processes do not need
+    from stages.detect.types import LetterboxMeta
+    from stages.sinks.messages import FrameResult, TrackedObject, TrackLifecycleEvent
 
 WIRE_VERSION = 1
 """Bumped on any incompatible change of the header layout; `decode` rejects other versions."""
@@ -142,6 +144,8 @@ class ItemMsg:
 
     @property
     def letterbox(self) -> LetterboxMeta:
+        from stages.detect.types import LetterboxMeta
+
         return LetterboxMeta(
             src_h=self.src_h,
             src_w=self.src_w,
@@ -217,6 +221,8 @@ class TrackedMsg:
     stage_ts: dict[str, float] = field(default_factory=dict)
 
     def to_frame_result(self) -> FrameResult:
+        from stages.sinks.messages import FrameResult
+
         return FrameResult(
             camera=self.camera_id,
             frame_id=self.frame_id,
@@ -555,6 +561,8 @@ def _shape(v: Any, where: str) -> tuple[int, ...]:
 
 
 def _object_from(v: Any, where: str) -> TrackedObject:
+    from stages.sinks.messages import TrackedObject
+
     if not isinstance(v, list) or len(v) != 8:
         raise MessageError(
             f"{where} must be [track_id, class_id, class_name, score, x1, y1, x2, y2]"
@@ -566,6 +574,8 @@ def _object_from(v: Any, where: str) -> TrackedObject:
 
 
 def _event_from(v: Any, where: str) -> TrackLifecycleEvent:
+    from stages.sinks.messages import TrackLifecycleEvent
+
     if not isinstance(v, list) or len(v) != 7:
         raise MessageError(
             f"{where} must be [kind, track_id, class_id, class_name, event_ts, first_seen_ts, "
