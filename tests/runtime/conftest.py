@@ -23,6 +23,11 @@ if str(REPO / "tests" / "sinks") not in sys.path:  # redis_server helper
     sys.path.insert(0, str(REPO / "tests" / "sinks"))
 VIDEO = "car-detection.mp4"  # 768x432, 377 frames at 12.5 fps
 MAX_DET = 20  # keeps JSON small: the comparison is per box anyway
+# Bounds, not timings: how long a test waits for a pipeline's first output, and for output to
+# resume after a stage restart. Start-up imports torch/ONNX Runtime in several processes at
+# once, which takes a minute or more on a loaded 2-core machine (seconds on an idle one).
+STARTUP_S = float(os.environ.get("EDGESTREAM_TEST_STARTUP_S", "240"))
+RESUME_S = float(os.environ.get("EDGESTREAM_TEST_RESUME_S", "60"))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import VIDEO, box_key, pipeline_config, read_jsonl, start_run, write_config
+from conftest import STARTUP_S, VIDEO, box_key, pipeline_config, read_jsonl, start_run, write_config
 
 CASES = [
     pytest.param(1, 2.0, id="1-camera"),
@@ -40,7 +40,7 @@ def test_run_equals_detect(
     log = tmp_path / "run.log"
     proc = start_run(write_config(tmp_path, cfg), log)
     reap.append(proc)
-    rc = proc.wait(timeout=120)
+    rc = proc.wait(timeout=STARTUP_S + 120)
     text = log.read_text()
     assert rc == 0, text[-3000:]
 
@@ -98,7 +98,7 @@ def test_detect_on_another_process_tree_over_tcp(
     reap.append(detector)
     proc = start_run(write_config(tmp_path, here), tmp_path / "run.log")
     reap.append(proc)
-    rc = proc.wait(timeout=120)
+    rc = proc.wait(timeout=STARTUP_S + 120)
     text = (tmp_path / "run.log").read_text()
     assert rc == 0, text[-3000:]
     detector.send_signal(signal.SIGTERM)

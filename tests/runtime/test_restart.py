@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 from conftest import (
+    RESUME_S,
+    STARTUP_S,
     VIDEO,
     alive,
     live_config,
@@ -38,15 +40,15 @@ def test_sigkill_stage_restarts_and_output_resumes(
         reap.append(proc)
         r = redis.Redis.from_url(server.url)
         key = "edgestream:live0:detections"
-        wait_for(lambda: r.xlen(key) > 5, 90, "first detections in Redis")
+        wait_for(lambda: r.xlen(key) > 5, STARTUP_S, "first detections in Redis")
         victim = stage_pids(log)["detect"]
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(lambda: not alive(victim), 5, "the killed stage to be gone")
-        wait_for(lambda: stage_pids(log).get("detect") not in (None, victim), 10, "a restart")
+        wait_for(lambda: stage_pids(log).get("detect") not in (None, victim), 15, "a restart")
         before = r.xlen(key)
-        wait_for(lambda: r.xlen(key) > before + 3, 10 - (time.monotonic() - killed_at) + 5,
-                 "detections after the restart")  # fmt: skip
+        # bounded, not timed: the figure is printed (a busy CPU slows the restart's imports)
+        wait_for(lambda: r.xlen(key) > before + 3, RESUME_S, "detections after the restart")
         resumed_s = time.monotonic() - killed_at
         print(f"output resumed {resumed_s:.1f} s after SIGKILL of detect")
         assert proc.poll() is None, "the supervisor must survive a stage crash"

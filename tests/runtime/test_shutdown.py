@@ -11,6 +11,7 @@ from typing import Any
 
 from conftest import (
     SHM,
+    STARTUP_S,
     VIDEO,
     alive,
     children_of,
@@ -32,7 +33,7 @@ def test_sigterm_exits_zero_no_leftovers(
     proc = start_run(write_config(tmp_path, cfg), log)
     reap.append(proc)
     out = tmp_path / "out" / "live0.jsonl"
-    wait_for(lambda: len(read_jsonl(out)) > 3, 90, "published frames")
+    wait_for(lambda: len(read_jsonl(out)) > 3, STARTUP_S, "published frames")
     tree = children_of(proc.pid)
     assert len(tree) >= 6, tree  # decode, 2 preprocess, detect, track, sink
     assert segments(cfg["name"]), "live frames travel through shared memory"
@@ -63,7 +64,7 @@ def test_bad_weights_is_fatal_not_restarted(
     log = tmp_path / "run.log"
     proc = start_run(write_config(tmp_path, cfg), log)
     reap.append(proc)
-    rc = proc.wait(timeout=90)
+    rc = proc.wait(timeout=STARTUP_S)
     text = log.read_text()
     assert rc == 2, text[-3000:]
     assert "bad.onnx" in text and "configuration error" in text

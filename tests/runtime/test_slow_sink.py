@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    STARTUP_S,
     VIDEO,
     children_of,
     live_config,
@@ -52,7 +53,7 @@ def test_slow_sink_drops_frames_memory_and_latency_bounded(
                                 daemon=True) for i in range(2)]  # fmt: skip
     for t in readers:
         t.start()
-    wait_for(lambda: len(lines) > 4, 90, "published frames")
+    wait_for(lambda: len(lines) > 4, STARTUP_S, "published frames")
     time.sleep(3)
     tree = [proc.pid, *children_of(proc.pid)]
     rss_early = rss_mb(tree)
