@@ -290,7 +290,7 @@ def _produce(endpoint: str, pipeline: str | None, n: int, go: object) -> None:
         for i in range(n):
             # offline: blocking; with a ring, frames 1-2 as realtime sends (through the ring)
             realtime = pool is not None and i in (1, 2)
-            assert tx.send(frame(i, 1080, 1920), block=not realtime, timeout_s=30)
+            assert tx.send(frame(i, 720, 1280), block=not realtime, timeout_s=30)
         tx.send(EndMsg("cam", n - 1), block=True, timeout_s=30)
         time.sleep(1.0)  # keep the ring until the consumer copied the last frames
     if pool is not None:
@@ -353,7 +353,7 @@ def test_cross_process_edge_loses_nothing_when_blocking(kind: str, tmp_path: Pat
             if isinstance(m, EndMsg):
                 break
             assert isinstance(m, FrameMsg) and isinstance(m.pixels, np.ndarray)
-            assert m.pixels.shape == (1080, 1920, 3) and m.pixels[5, 5, 0] == m.seq
+            assert m.pixels.shape == (720, 1280, 3) and m.pixels[5, 5, 0] == m.seq
             seqs.append(m.seq)
         assert seqs == list(range(20))
     finally:
