@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import (
@@ -286,6 +287,12 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
             jsonl_cfg = dataclasses.replace(jsonl_cfg, append=True)
 
         sinks.append(JsonlSink(jsonl_cfg))
+    if cfg.sinks.video is not None:
+        from stages.sinks.video import FileVideoSink, VideoSinkConfig
+
+        video = cfg.sinks.video
+        paths = {c.id: c.url for c in cfg.effective_cameras() if c.kind == "file"}
+        sinks.append(FileVideoSink(VideoSinkConfig(Path(video.dir), fps=video.fps), paths))
     age_ms = cfg.batching.max_frame_age_ms
     files = [c.id for c in cfg.effective_cameras() if c.kind == "file" and not c.loop]
     everything_ends = len(files) == len(cfg.cameras) and not any(
