@@ -254,6 +254,9 @@ class Supervisor:
         t0 = time.monotonic()
         deadline = t0 + max(0.5, self.stop_timeout_s - 2.0)  # the rest: kill and clean up
         order = list(self.children.values())  # pipeline order: upstream drains first
+        if self.done.is_set():  # an offline run published everything: nothing to drain
+            for child in order:
+                child.stop.set()
         for i, child in enumerate(order):
             child.stop.set()
             proc = child.proc
