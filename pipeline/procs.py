@@ -169,7 +169,7 @@ def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePl
         PreprocessStageConfig(
             slab_name=ring_name(cfg.name, f"slab{spec.index}") if items.shm else None,
             slab_slots=2 * cfg.batching.max_batch + 4,
-            input_hw=(640, 640),
+            input_hw=model_info_of(cfg).input_hw,
             inline=not items.shm,
         )
     )
@@ -231,24 +231,47 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     _run(stage, "detect", edges["items"], edges["detections"], cfg, stop, reporter)
 
 
+def model_info_of(cfg: PipelineConfig) -> Any:
+    """What the weights file says about itself (input size, class names), read without
+    building the network, so that preprocess letterboxes to the model's own input size and
+    the sink names classes as the model was trained. A TensorRT engine says nothing here
+    (its input size is checked by the detect stage against what preprocess sends)."""
+    from stages.detect.types import ModelInfo
+
+    m = cfg.model
+    if m.weights is None:
+        return ModelInfo()
+    suffix = m.weights.suffix.lower()
+    if suffix == ".onnx":
+        import json
+
+        from stages.detect.export import read_metadata
+
+        meta = read_metadata(m.weights)
+        hw = json.loads(meta.get("input_hw") or "[640, 640]")
+        names = json.loads(meta.get("class_names") or "[]")
+        return ModelInfo(class_names=[str(n) for n in names], input_hw=(int(hw[0]), int(hw[1])))
+    if suffix in (".engine", ".plan", ".trt"):
+        return ModelInfo()
+    from stages.detect.weights import read_weights
+
+    return read_weights(m.weights)[1]
+
+
 def class_names_of(cfg: PipelineConfig) -> list[str]:
-    """Class names for published objects: the config's, an ONNX file's metadata, or COCO's."""
+    """Class names for published objects: the config's, the weights file's, or COCO's."""
     from stages.detect.classes import class_names_for
 
     m = cfg.model
     if m.class_names:
         return list(m.class_names)
-    if m.weights is not None and m.weights.suffix.lower() == ".onnx":
-        try:
-            import json
-
-            from stages.detect.export import read_metadata
-
-            names = json.loads(read_metadata(m.weights).get("class_names") or "[]")
-            if names:
-                return [str(n) for n in names]
-        except Exception:
-            log.debug("no class names in %s", m.weights, exc_info=True)
+    try:
+        names = list(model_info_of(cfg).class_names)
+    except Exception:
+        log.debug("no class names in %s", m.weights, exc_info=True)
+        names = []
+    if names:
+        return [str(n) for n in names]
     return class_names_for(m.num_classes or 80)
 
 

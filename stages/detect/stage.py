@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.batching import BatchPolicy
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, ItemMsg, Message
+from pipeline.runner import FatalStageError
 from stages.detect.gather import CudaGatherer, Gathered, HostGatherer
 from stages.detect.types import Backend, Detections
 
@@ -118,6 +119,13 @@ class DetectStage:
 
     def process(self, msg: Message) -> Iterable[Message]:
         if isinstance(msg, ItemMsg):
+            shape = tuple(msg.pixels.shape)
+            if shape[-2:] != tuple(self.input_hw):
+                raise FatalStageError(
+                    f"detect: preprocess letterboxed to {shape[-2]}x{shape[-1]} but the model "
+                    f"takes {self.input_hw[0]}x{self.input_hw[1]} (the weights file does not "
+                    "say its input size; re-export it with edgestream export)"
+                )
             realtime = msg.camera_id in self.config.realtime_cameras
             self.policy.add(msg.camera_id, msg, time.monotonic(), msg.capture_ts, realtime)
             return self._run_due()
