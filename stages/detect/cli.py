@@ -18,7 +18,7 @@ from typing import Any
 
 log = logging.getLogger("edgestream.detect")
 
-ARCH_CHOICES = ("yolo_nas_s", "yolo_nas_m", "yolo_nas_l")
+ARCH_CHOICES = ("yolo_nas_s", "yolo_nas_m", "yolo_nas_l", "yolo_nas_n")
 
 
 def _add_nms_args(p: argparse.ArgumentParser) -> None:
@@ -272,6 +272,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset,
         nms_params=_nms_params(args),
         class_names=info.class_names or None,
+        input_hw=info.input_hw,
     )
     print(f"wrote {path}", file=sys.stderr)
     return 0

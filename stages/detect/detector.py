@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stages.detect.classes import class_names_for
-from stages.detect.preprocess import letterbox_batch
+from stages.detect.preprocess import letterbox_batch, resize_to_for
 from stages.detect.types import Backend, Detections
 
 
@@ -31,6 +31,7 @@ class Detector:
         )
         h, w = backend.info.input_hw
         self._slab = np.empty((backend.max_batch, 3, h, w), np.uint8)
+        self._resize_to = resize_to_for((h, w))
 
     def detect(self, images_rgb: Sequence[np.ndarray]) -> list[Detections]:
         """Detect objects in RGB uint8 (H, W, 3) images; boxes come back in each image's pixels.
@@ -43,7 +44,10 @@ class Detector:
         for start in range(0, len(images_rgb), step):
             chunk = images_rgb[start : start + step]
             batch, metas = letterbox_batch(
-                chunk, out=self._slab[: len(chunk)], input_hw=self.backend.info.input_hw
+                chunk,
+                out=self._slab[: len(chunk)],
+                input_hw=self.backend.info.input_hw,
+                resize_to=self._resize_to,
             )
             for det, meta in zip(self.backend.infer(batch), metas, strict=True):
                 out.append(Detections(meta.to_source(det.boxes), det.scores, det.class_ids))

@@ -32,6 +32,14 @@ PAD_VALUE = 114
 """Grey of the padding, as in training."""
 
 
+def resize_to_for(input_hw: tuple[int, int]) -> int:
+    """The longest side after resizing for a model input of ``input_hw``: the smaller input
+    side minus 4 px (636 for 640x640, 316 for 320x320), as YOLO-NAS trains and predicts."""
+    if len(input_hw) != 2 or min(input_hw) <= 4:
+        raise ValueError(f"input_hw must be (height, width) > 4, got {input_hw}")
+    return min(input_hw) - 4
+
+
 def letterbox_geometry(
     src_h: int, src_w: int, input_hw: tuple[int, int] = (640, 640), resize_to: int = 636
 ) -> tuple[int, int, LetterboxMeta]:

@@ -200,10 +200,10 @@ def model_input(
     frames: Sequence[np.ndarray], input_dtype: str, input_hw: tuple[int, int]
 ) -> np.ndarray:
     """Letterbox RGB frames into the batch an ONNX with ``input_dtype`` expects."""
-    from stages.detect.preprocess import letterbox_batch, to_float
+    from stages.detect.preprocess import letterbox_batch, resize_to_for, to_float
 
-    # 636 of 640: the reference leaves 2 px of padding per side; keep that ratio for any size.
-    resize_to = max(1, min(input_hw) - 4 * min(input_hw) // 640)
+    # as `Detector`: 636 of 640, 316 of 320 (2 px of padding per side, as in training)
+    resize_to = resize_to_for(input_hw)
     batch_u8, _ = letterbox_batch(list(frames), input_hw=input_hw, resize_to=resize_to)
     if input_dtype == "uint8":
         return batch_u8

@@ -5,12 +5,14 @@ from stages.detect.nn.yolo_nas import (
     ARCHS,
     YOLO_NAS_L,
     YOLO_NAS_M,
+    YOLO_NAS_N,
     YOLO_NAS_S,
     StageSpec,
     YoloNAS,
     YoloNASArch,
     yolo_nas_l,
     yolo_nas_m,
+    yolo_nas_n,
     yolo_nas_s,
 )
 
@@ -18,6 +20,7 @@ __all__ = [
     "ARCHS",
     "YOLO_NAS_L",
     "YOLO_NAS_M",
+    "YOLO_NAS_N",
     "YOLO_NAS_S",
     "RawOutputs",
     "StageSpec",
@@ -25,5 +28,6 @@ __all__ = [
     "YoloNASArch",
     "yolo_nas_l",
     "yolo_nas_m",
+    "yolo_nas_n",
     "yolo_nas_s",
 ]

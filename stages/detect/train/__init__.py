@@ -1,0 +1,1 @@
+"""`edgestream train`: YOLO-NAS training and fine-tuning (loss, assigner, data, loop)."""
