@@ -11,6 +11,7 @@ from pipeline import config_cli
 from pipeline import run as run_cli
 from stages.demo import cli as demo_cli
 from stages.detect import cli as detect_cli
+from stages.detect.train import cli as train_cli
 from stages.sinks import cli as sinks_cli
 from stages.synth import cli as synth_cli
 from stages.track import cli as track_cli
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sinks_cli.add_parsers(sub)
     config_cli.add_parsers(sub)
     synth_cli.add_parsers(sub)
+    train_cli.add_parsers(sub)
     return parser
 
 
