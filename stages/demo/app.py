@@ -33,7 +33,8 @@ from stages.synth import CLASS_NAMES
 
 log = logging.getLogger("edgestream.demo")
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "detect" / "models" / "demo"
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "detect" / "models"
+"""Where the packaged demo model lives (``demo.pth``, see the README there)."""
 WEIGHT_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
 
 
@@ -49,7 +50,7 @@ def find_demo_weights() -> Path | None:
         return Path(env)
     if DEMO_MODEL_DIR.is_dir():
         for suffix in WEIGHT_SUFFIXES:
-            found = sorted(DEMO_MODEL_DIR.glob(f"*{suffix}"))
+            found = sorted(DEMO_MODEL_DIR.glob(f"demo*{suffix}"))
             if found:
                 return found[0]
     return None
