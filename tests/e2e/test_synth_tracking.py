@@ -1,0 +1,99 @@
+"""End to end (issue 7): synthetic scenes through ``edgestream run``, tracks scored by TrackEval.
+
+A held-out scene (seed 4242; the demo model was trained on seed 1) is generated with
+``edgestream synth``, run offline (``realtime: false``) through every stage with the demo model
+(stages/detect/models/demo.pth, yolo_nas_n, 320 input, person/car/bicycle) and the tracker
+settings of configs/demo.yaml's ``tracker:`` section, and what the JSON lines sink published is
+scored against the scene's ground truth by ``stages.synth.score`` (MOT17 rules, per class).
+
+The issue's target, MOTA >= 0.85 and IDF1 >= 0.85, is NOT met yet. With the tuned settings:
+validation set (seed 77, 3 x 20 s) MOTA 0.798, IDF1 0.806; held-out set (seed 999,
+4 x 20 s) MOTA 0.734, IDF1 0.764; this test's scenes (seed 4242, 2 x 16 s) measured
+MOTA 0.829, IDF1 0.789 (HOTA 0.665, 19 id switches, FN 502, FP 304 of 4836 gt boxes).
+The floors below are those measured figures minus a small margin, so a regression fails the
+test; raise them to 0.85 once the detector gets there.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip(
+    "trackeval", reason="trackeval is needed to score tracking (tests/requirements.txt)"
+)
+
+from stages.synth.score import score_scenes
+
+REPO = Path(__file__).resolve().parents[2]
+WEIGHTS = REPO / "stages" / "detect" / "models" / "demo.pth"
+SEED = 4242  # never used for training (seed 1) nor for tuning (77) or the held-out set (999)
+SECONDS = 16
+FPS = 25
+
+MOTA_FLOOR = 0.80  # measured 0.829, minus a 0.03 margin (issue 7 target: 0.85)
+IDF1_FLOOR = 0.76  # measured 0.789, minus a 0.03 margin (issue 7 target: 0.85)
+
+pytestmark = pytest.mark.slow
+
+
+def _edgestream(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "pipeline.cli", *args]
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+    )
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+    return proc
+
+
+def test_synthetic_scene_tracking(tmp_path: Path) -> None:
+    if not WEIGHTS.is_file():
+        pytest.skip(f"demo model missing: {WEIGHTS}")
+    synth = tmp_path / "synth"
+    _edgestream(
+        "synth", str(synth), "--seed", str(SEED), "--videos", "2", "--seconds", str(SECONDS),
+        "--fps", str(FPS), "--val-videos", "0", "--no-dataset",
+        timeout=120,
+    )  # fmt: skip
+    videos = sorted((synth / "videos").glob("*.mp4"))
+    assert len(videos) == 2, videos
+
+    tracker = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())["tracker"]
+    out = tmp_path / "out"
+    config = {
+        "version": 1,
+        "name": f"e2e-{os.getpid()}",
+        "realtime": False,
+        "cameras": [{"id": v.stem, "url": str(v), "frame_rate_hz": FPS} for v in videos],
+        "model": {"weights": str(WEIGHTS), "backend": "torch", "device": "cpu"},
+        "tracker": tracker,
+        "sinks": {"jsonl": {"path": str(out / "{camera}.jsonl"), "events": False}},
+        "metrics": {"port": 0},
+    }
+    config_file = tmp_path / "e2e.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    _edgestream("run", "-c", str(config_file), timeout=600)
+
+    results = {v.stem: out / f"{v.stem}.jsonl" for v in videos}
+    for path in results.values():
+        assert path.is_file() and path.stat().st_size > 0, path
+    scores = score_scenes(results, synth / "mot")
+
+    print(f"\n{'sequence':<32} {'MOTA':>7} {'IDF1':>7}")
+    for seq, (mota, idf1) in sorted(scores.per_sequence.items()):
+        print(f"{seq:<32} {mota:7.3f} {idf1:7.3f}")
+    print(
+        f"combined: MOTA {scores.mota:.3f} IDF1 {scores.idf1:.3f} HOTA {scores.hota:.3f} "
+        f"IDsw {scores.id_switches} FN {scores.false_negatives} FP {scores.false_positives} "
+        f"gt {scores.gt_boxes}"
+    )
+    assert scores.gt_boxes > 0
+    assert scores.mota >= MOTA_FLOOR, f"MOTA {scores.mota:.3f} < floor {MOTA_FLOOR}"
+    assert scores.idf1 >= IDF1_FLOOR, f"IDF1 {scores.idf1:.3f} < floor {IDF1_FLOOR}"
