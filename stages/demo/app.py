@@ -35,6 +35,16 @@ log = logging.getLogger("edgestream.demo")
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "detect" / "models"
 """Where the packaged demo model lives (``demo.pth``, see the README there)."""
+DEMO_TRACKER = {
+    "high_score": 0.55,
+    "new_track_score": 0.65,
+    "low_score": 0.3,
+    "per_class": True,
+    "direction_weight": 0.0,
+}
+"""Tracker settings for the demo model, chosen on synthetic validation scenes (the product
+defaults were tuned on MOT17 detections); figures in configs/demo.yaml."""
+SCENE_FPS = 25.0
 WEIGHT_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
 
 
@@ -180,6 +190,7 @@ def pipeline_config(
         "device": opts.device,
         "threads": opts.threads,
     }
+    tracker: dict[str, Any] = {}
     if weights is None:
         model.update(random_weights=True, arch="yolo_nas_n", backend="torch",
                      num_classes=len(CLASS_NAMES), class_names=list(CLASS_NAMES))  # fmt: skip
@@ -187,8 +198,11 @@ def pipeline_config(
         model["weights"] = str(weights)
         if weights.parent == DEMO_MODEL_DIR:
             model["class_names"] = list(CLASS_NAMES)
+            tracker = dict(DEMO_TRACKER)
     cams = [
         {"id": f"cam{i + 1}", "url": str(v), "loop": True, "realtime": True,
+         # the tracker turns lost_track_seconds into frames at the rate it is fed
+         "frame_rate_hz": opts.detect_fps or SCENE_FPS,
          **({"detect_fps": opts.detect_fps} if opts.detect_fps else {})}
         for i, v in enumerate(videos)
     ]  # fmt: skip
@@ -203,6 +217,7 @@ def pipeline_config(
             "max_frame_age_ms": opts.max_frame_age_ms,
         },
         "preprocess": {"workers": 1},
+        "tracker": tracker,
         "sinks": {"redis": {"url": redis_url}},
         "metrics": {"port": opts.metrics_port},
         "logging": {"level": opts.log_level, "summary_interval_s": 0},
