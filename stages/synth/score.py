@@ -14,13 +14,12 @@ rules, run once per class (person, car, bicycle) and combined over classes and s
   6 px) becomes a distractor: not a miss when nobody finds it, not a false positive when a track
   covers it.
 
-TrackEval (``pip install trackeval``) is a test and benchmark dependency, imported when used.
+TrackEval (``pip install trackeval``) is a test and benchmark dependency, imported when used
+(through `stages.track.evaluate.trackeval_raw`, the tracker benchmark's own runner).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import tempfile
 from collections.abc import Mapping
@@ -100,7 +99,7 @@ def _track_rows(jsonl: Path, class_name: str) -> list[str]:
 
 def score_scenes(results: Mapping[str, Path], mot_root: Path) -> SceneScores:
     """Scores ``{scene name: published JSONL}`` against ``mot_root/<scene name>/``."""
-    import trackeval
+    from stages.track.evaluate import trackeval_raw
 
     with tempfile.TemporaryDirectory(prefix="edgestream-score-") as tmp:
         gt_root, tr_root = Path(tmp) / "gt", Path(tmp) / "trackers"
@@ -123,42 +122,7 @@ def score_scenes(results: Mapping[str, Path], mot_root: Path) -> SceneScores:
                 )
         if not seq_info:
             raise ValueError("no ground truth to score in the given scenes")
-        evaluator = trackeval.Evaluator(
-            {
-                "USE_PARALLEL": False,
-                "PRINT_RESULTS": False,
-                "PRINT_CONFIG": False,
-                "TIME_PROGRESS": False,
-                "OUTPUT_SUMMARY": False,
-                "OUTPUT_DETAILED": False,
-                "PLOT_CURVES": False,
-                "DISPLAY_LESS_PROGRESS": True,
-                "LOG_ON_ERROR": None,
-            }
-        )
-        dataset = trackeval.datasets.MotChallenge2DBox(
-            {
-                "GT_FOLDER": str(gt_root),
-                "TRACKERS_FOLDER": str(tr_root),
-                "OUTPUT_FOLDER": str(Path(tmp) / "out"),
-                "TRACKERS_TO_EVAL": ["edgestream"],
-                "BENCHMARK": "MOT17",
-                "SPLIT_TO_EVAL": "train",
-                "SKIP_SPLIT_FOL": True,
-                "SEQ_INFO": seq_info,
-                "TRACKER_SUB_FOLDER": "data",
-                "PRINT_CONFIG": False,
-            }
-        )
-        quiet = {"PRINT_CONFIG": False}
-        metrics = [
-            trackeval.metrics.HOTA(),
-            trackeval.metrics.CLEAR(quiet),
-            trackeval.metrics.Identity(quiet),
-        ]
-        with contextlib.redirect_stdout(io.StringIO()):
-            raw, _ = evaluator.evaluate([dataset], metrics)
-    res = raw["MotChallenge2DBox"]["edgestream"]
+        res = trackeval_raw(gt_root, tr_root, ["edgestream"], seq_info)["edgestream"]
     combined = res["COMBINED_SEQ"]["pedestrian"]
     per_seq = {
         seq: (float(r["pedestrian"]["CLEAR"]["MOTA"]), float(r["pedestrian"]["Identity"]["IDF1"]))

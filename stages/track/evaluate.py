@@ -83,9 +83,12 @@ def run_tracker(peer: Peer, seq: Sequence) -> tuple[str, float]:
     return format_results(rows), spent
 
 
-def _trackeval_scores(
+def trackeval_raw(
     gt_root: Path, results_root: Path, trackers: list[str], seqs: dict[str, int]
-) -> dict[str, dict[str, tuple[float, float, float, int]]]:
+) -> dict[str, Any]:
+    """TrackEval's HOTA, CLEAR and Identity results under the MOT17 rules, per tracker and
+    sequence (plus ``COMBINED_SEQ``): ``gt_root/<seq>/gt/gt.txt`` against
+    ``results_root/<tracker>/data/<seq>.txt``; ``seqs`` maps each sequence to its length."""
     trackeval = _import_trackeval()
     eval_config = {
         "USE_PARALLEL": False,
@@ -120,10 +123,17 @@ def _trackeval_scores(
     ]
     with contextlib.redirect_stdout(io.StringIO()):  # TrackEval prints progress lines
         raw, _ = evaluator.evaluate([dataset], metrics)
+    return dict(raw["MotChallenge2DBox"])
+
+
+def _trackeval_scores(
+    gt_root: Path, results_root: Path, trackers: list[str], seqs: dict[str, int]
+) -> dict[str, dict[str, tuple[float, float, float, int]]]:
+    raw = trackeval_raw(gt_root, results_root, trackers, seqs)
     out: dict[str, dict[str, tuple[float, float, float, int]]] = {}
     for tracker in trackers:
         out[tracker] = {}
-        for seq, res in raw["MotChallenge2DBox"][tracker].items():
+        for seq, res in raw[tracker].items():
             r = res["pedestrian"]
             out[tracker][seq] = (
                 100.0 * float(np.mean(r["HOTA"]["HOTA"])),
