@@ -20,18 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "detect")]
 
 
-def tree_rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=10.0)
@@ -44,6 +32,8 @@ def main() -> int:
     args = ap.parse_args()
 
     import os
+
+    from conftest import rss_mb  # this folder's shared helpers (the script runs from here)
 
     from pipeline.config import validate_config
     from pipeline.logs import setup_logging
@@ -76,7 +66,7 @@ def main() -> int:
             time.sleep(args.sample_s)
             st = p.stats()
             pids = [os.getpid(), *st["pids"].values()]
-            rss = tree_rss_mb(pids)
+            rss = rss_mb(pids)
             peak = max(peak, rss)
             cams = st["cameras"].values()
             p50 = max((c["latency_p50_ms"] or 0 for c in cams), default=0)
