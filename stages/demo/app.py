@@ -179,8 +179,48 @@ class _Redis:
                     self.server.shutdown(nosave=True)
 
 
+def onnx_for_cpu(weights: Path, cache_dir: Path) -> Path:
+    """The ONNX export of PyTorch ``weights`` (input size and class names from the file),
+    made once and kept in ``cache_dir`` under a name that carries the weights' hash and
+    edgestream's version. On the CPU ONNX Runtime runs the demo model ~2.5x faster than
+    PyTorch (19 vs 48 ms per image here) with the same detections (tests/demo)."""
+    import hashlib
+
+    from stages.detect.export import edgestream_version, export_onnx
+    from stages.detect.weights import load_model
+
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    version = "".join(c if c.isalnum() or c in ".-" else "_" for c in edgestream_version())
+    target = cache_dir / f"{weights.stem}-{digest}-{version}.onnx"
+    if target.is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    model, info = load_model(weights)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        export_onnx(model, tmp, class_names=info.class_names or None, input_hw=info.input_hw)
+        os.replace(tmp, target)  # atomic: a concurrent demo never sees half a file
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _runs_on_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 def pipeline_config(
-    opts: DemoOptions, videos: list[Path], redis_url: str, weights: Path | None
+    opts: DemoOptions,
+    videos: list[Path],
+    redis_url: str,
+    weights: Path | None,
+    run_weights: Path | None = None,
 ) -> Any:
     """The `PipelineConfig` of the demo (what ``edgestream run -c`` would read)."""
     from pipeline.config import validate_config
@@ -195,7 +235,9 @@ def pipeline_config(
         model.update(random_weights=True, arch="yolo_nas_n", backend="torch",
                      num_classes=len(CLASS_NAMES), class_names=list(CLASS_NAMES))  # fmt: skip
     else:
-        model["weights"] = str(weights)
+        model["weights"] = str(run_weights or weights)
+        if run_weights is not None and run_weights.suffix == ".onnx" and opts.backend == "auto":
+            model["backend"] = "onnxruntime"
         if weights.parent == DEMO_MODEL_DIR:
             model["class_names"] = list(CLASS_NAMES)
             tracker = dict(DEMO_TRACKER)
@@ -225,6 +267,29 @@ def pipeline_config(
     return validate_config(data, base_dir=Path.cwd(), source="edgestream demo")
 
 
+def _fast_cpu_weights(
+    opts: DemoOptions, weights: Path | None, workdir: Path, out: TextIO
+) -> Path | None:
+    """With ``--backend auto`` on the CPU, PyTorch weights run as their cached ONNX export
+    under ONNX Runtime; anything else runs as given (None)."""
+    if weights is None or opts.backend != "auto" or weights.suffix.lower() == ".onnx":
+        return None
+    if not _runs_on_cpu(opts.device):
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    try:
+        onnx_path = onnx_for_cpu(weights, workdir / "models")
+    except Exception as e:  # the PyTorch backend still works: say why, run on
+        print(f"demo: could not export {weights.name} to ONNX ({e}); running it with PyTorch",
+              file=out)  # fmt: skip
+        return None
+    print(f"demo: {weights.name} runs on ONNX Runtime as {onnx_path}", file=out)
+    return onnx_path
+
+
 def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
     """Run the demo until ``opts.seconds`` pass or Ctrl-C; returns the summary (printed too)."""
     from pipeline.run import Pipeline
@@ -247,9 +312,10 @@ def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:
     workdir = Path(opts.workdir).expanduser()
     print(f"demo: {opts.cameras} synthetic camera(s), scenes cached in {workdir}", file=out)
     videos = ensure_scenes(workdir, opts.cameras, opts.scene_seconds, opts.seed)
+    run_weights = _fast_cpu_weights(opts, weights, workdir, out)
     red = _Redis(opts.redis_url, workdir)
     try:
-        cfg = pipeline_config(opts, videos, red.url, weights)
+        cfg = pipeline_config(opts, videos, red.url, weights, run_weights)
         cam_ids = [c.id for c in cfg.cameras]
         keys = {c: DEFAULT_KEY_TEMPLATE.format(camera=c) for c in cam_ids}
         ekeys = {c: DEFAULT_EVENTS_KEY_TEMPLATE.format(camera=c) for c in cam_ids}

@@ -94,8 +94,11 @@ class _Opaque:
 
 
 def _torch_load(path: Path) -> Any:
+    # mmap (zip checkpoints only): tensors are paged in when used, so reading a big
+    # checkpoint for its metadata (input size, class names) costs no full read.
+    mmap = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path)
         if not unsafe:
@@ -104,7 +107,7 @@ def _torch_load(path: Path) -> Any:
     log.debug("%s: standing in for pickled classes %s", path, unsafe)
     try:
         with torch.serialization.safe_globals(stand_ins):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise WeightsError(
             f"{path}: the checkpoint pickles Python objects that cannot be read safely "

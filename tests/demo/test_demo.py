@@ -96,3 +96,43 @@ def test_scenes_are_cached_and_the_config_is_a_live_looping_one(tmp_path: Path) 
     assert cfg.model.class_names == ["person", "car", "bicycle"]
     assert cfg.batching.max_frame_age_ms == 5000
     assert cfg.sinks.redis is not None and cfg.sinks.redis.url == "redis://localhost:1/0"
+
+
+def test_demo_model_runs_as_a_cached_onnx_export_with_the_same_detections(
+    tmp_path: Path,
+) -> None:
+    """On the CPU the demo runs PyTorch weights as their ONNX export under ONNX Runtime: made
+    once per weights file (hash in the name), reused after, same boxes as PyTorch."""
+    import numpy as np
+
+    pytest.importorskip("onnxruntime")
+    from stages.demo.app import find_demo_weights, onnx_for_cpu
+    from stages.detect.detector import Detector
+
+    weights = find_demo_weights()
+    if weights is None or weights.suffix != ".pth":
+        pytest.skip("no packaged demo .pth")
+    cache = tmp_path / "models"
+    onnx_path = onnx_for_cpu(weights, cache)
+    stamp = onnx_path.stat().st_mtime_ns
+    assert onnx_for_cpu(weights, cache) == onnx_path
+    assert onnx_path.stat().st_mtime_ns == stamp  # cached, not exported again
+    assert [p.name for p in cache.iterdir()] == [onnx_path.name]  # no temp file left
+
+    (video,) = ensure_scenes(tmp_path / "scenes", cameras=1, seconds=0.2)
+    cfg = pipeline_config(DemoOptions(), [video], "redis://localhost:1/0", weights, onnx_path)
+    assert cfg.model.backend == "onnxruntime" and cfg.model.weights == onnx_path
+    assert cfg.tracker.high_score == 0.55  # still the demo model's tracker settings
+
+    with av.open(str(video)) as c:
+        rgb = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    from stages.detect.backends import open_backend
+
+    (a,) = Detector(open_backend("torch", weights, max_batch=1)).detect([rgb])
+    (b,) = Detector(open_backend("onnxruntime", onnx_path, max_batch=1)).detect([rgb])
+    strong = a.scores > 0.3
+    assert strong.sum() >= 3  # the demo model sees the demo scene
+    for box, score, cls in zip(a.boxes[strong], a.scores[strong], a.class_ids[strong], strict=True):
+        j = int(np.argmin(np.abs(b.boxes - box).sum(axis=1)))
+        np.testing.assert_allclose(b.boxes[j], box, atol=0.05)
+        assert abs(float(b.scores[j]) - float(score)) < 1e-3 and b.class_ids[j] == cls
