@@ -37,7 +37,7 @@ DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "detect" / "models"
 """Where the packaged demo model lives (``demo.pth``, see the README there)."""
 DEMO_TRACKER = {
     "high_score": 0.55,
-    "new_track_score": 0.65,
+    "new_track_score": 0.7,
     "low_score": 0.3,
     "per_class": True,
     "direction_weight": 0.0,
