@@ -184,12 +184,11 @@ def onnx_for_cpu(weights: Path, cache_dir: Path) -> Path:
     made once and kept in ``cache_dir`` under a name that carries the weights' hash and
     edgestream's version. On the CPU ONNX Runtime runs the demo model ~2.5x faster than
     PyTorch (19 vs 48 ms per image here) with the same detections (tests/demo)."""
-    import hashlib
-
+    from stages.detect.engine_cache import file_sha256
     from stages.detect.export import edgestream_version, export_onnx
     from stages.detect.weights import load_model
 
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    digest = file_sha256(weights)[:16]
     version = "".join(c if c.isalnum() or c in ".-" else "_" for c in edgestream_version())
     target = cache_dir / f"{weights.stem}-{digest}-{version}.onnx"
     if target.is_file():
@@ -203,16 +202,6 @@ def onnx_for_cpu(weights: Path, cache_dir: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return target
-
-
-def _runs_on_cpu(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device != "auto":
-        return False
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def pipeline_config(
@@ -274,7 +263,9 @@ def _fast_cpu_weights(
     under ONNX Runtime; anything else runs as given (None)."""
     if weights is None or opts.backend != "auto" or weights.suffix.lower() == ".onnx":
         return None
-    if not _runs_on_cpu(opts.device):
+    from pipeline.config import resolve_device
+
+    if resolve_device(opts.device) != "cpu":
         return None
     try:
         import onnxruntime  # noqa: F401

@@ -93,10 +93,9 @@ class _Opaque:
         return f"<{self.qualname} from checkpoint>"
 
 
-def _torch_load(path: Path) -> Any:
-    # mmap (zip checkpoints only): tensors are paged in when used, so reading a big
-    # checkpoint for its metadata (input size, class names) costs no full read.
-    mmap = zipfile.is_zipfile(path)
+def _torch_load(path: Path, mmap: bool) -> Any:
+    """mmap (zip checkpoints only): tensors are paged in when used, so reading a big
+    checkpoint for its metadata (input size, class names) costs no full read."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -141,10 +140,11 @@ def _check_zip(path: Path) -> None:
 
 
 def _read_torch(path: Path) -> Any:
-    if zipfile.is_zipfile(path) or _sniff(path) == "torch-zip":
-        _check_zip(path)
+    is_zip = zipfile.is_zipfile(path) or _sniff(path) == "torch-zip"
+    if is_zip:
+        _check_zip(path)  # raises unless it is a whole zip archive
     try:
-        return _torch_load(path)
+        return _torch_load(path, mmap=is_zip)
     except WeightsError:
         raise
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as e:

@@ -42,10 +42,9 @@ def detect_videos(
     weights: Path, videos_dir: Path, out_dir: Path, *, conf: float = 0.1, threads: int = 0
 ) -> list[Path]:
     """Detections of ``weights`` on every frame of ``videos_dir/*.mp4`` (see the module doc)."""
-    import av
-
     from stages.detect.backends import open_backend
     from stages.detect.detector import Detector
+    from stages.detect.sources import iter_frames
     from stages.detect.types import NMSParams
 
     nms = NMSParams(conf=conf)
@@ -59,17 +58,16 @@ def detect_videos(
     try:
         for video in videos:
             path = out_dir / f"{video.stem}.jsonl"
-            with av.open(str(video)) as container, path.open("w") as fh:
-                stream = container.streams.video[0]
-                fps = float(stream.average_rate or DEFAULT_FPS)
-                for i, frame in enumerate(container.decode(stream)):
-                    (det,) = detector.detect([frame.to_ndarray(format="rgb24")])
+            with path.open("w") as fh:
+                for frame in iter_frames(video):
+                    (det,) = detector.detect([frame.rgb])
                     objects = [
                         {"box": [round(float(v), 3) for v in b], "score": round(float(s), 5),
                          "class_id": int(k), "class_name": names[int(k)]}
                         for b, s, k in zip(det.boxes, det.scores, det.class_ids, strict=True)
                     ]  # fmt: skip
-                    doc = {"frame_id": i, "capture_ts": i / fps, "objects": objects}
+                    ts = frame.index / (frame.fps or DEFAULT_FPS)
+                    doc = {"frame_id": frame.index, "capture_ts": ts, "objects": objects}
                     fh.write(json.dumps(doc) + "\n")
             written.append(path)
     finally:
