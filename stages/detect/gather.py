@@ -70,7 +70,8 @@ class CudaGatherer:
         self.device = torch.device(device)
         self.stream = torch.cuda.Stream(self.device)
         self._dev = torch.empty((max_batch, 3, *input_hw), dtype=torch.uint8, device=self.device)
-        self._rings: dict[str, tuple[ShmRing, Any]] = {}  # name -> (ring, pinned tensor)
+        self._rings: dict[str, tuple[ShmRing, Any]] = {}  # name -> (ring, tensor over it)
+        self._registered: set[str] = set()  # the rings whose pages CUDA pinned
         self.registered_bytes = 0
 
     def _pinned(self, name: str) -> tuple[ShmRing, Any] | None:
@@ -86,12 +87,33 @@ class CudaGatherer:
         cudart = self.torch.cuda.cudart()
         err = cudart.cudaHostRegister(tensor.data_ptr(), ring.data.nbytes, 0)
         if int(err) != 0:  # pageable fallback still works, just without DMA straight from shm
-            log.warning("cudaHostRegister(%s) failed with %s; copying from pageable memory",
-                        name, err)  # fmt: skip
+            self._clear_last_error()
+            log.warning(
+                "cannot pin shared memory %s for direct GPU copies (cudaHostRegister: error %d, "
+                "%s); copying from pageable memory instead. Linux pins only tmpfs/shmem pages "
+                "for long: keep EDGESTREAM_SHM_DIR on a tmpfs such as /dev/shm.",
+                ring.path,
+                int(err),
+                cudart.cudaGetErrorString(err),
+            )
         else:
+            self._registered.add(name)
             self.registered_bytes += ring.data.nbytes
+            log.info("pinned %s (%.0f MiB) for direct GPU copies", name, ring.data.nbytes / 2**20)
         entry = self._rings[name] = (ring, tensor)
         return entry
+
+    def _clear_last_error(self) -> None:
+        """A failed CUDA runtime call stays the thread's "last error" until someone reads it,
+        and PyTorch's next kernel-launch check would report it as its own failure. torch does
+        not bind cudaGetLastError, so let one launch check read (and so reset) it; a second
+        launch must then succeed, or the context is really broken and that is raised."""
+        try:
+            self.torch.zeros(1, device=self.device).add_(1)
+        except Exception as e:  # torch.AcceleratorError (a RuntimeError in older torch)
+            log.debug("cleared the failed registration's CUDA error: %s", e)
+        self.torch.zeros(1, device=self.device).add_(1)
+        self.torch.cuda.synchronize(self.device)
 
     def gather(self, items: Sequence[ItemMsg]) -> Gathered:
         torch = self.torch
@@ -125,8 +147,12 @@ class CudaGatherer:
 
     def close(self) -> None:
         cudart = self.torch.cuda.cudart()
-        for ring, tensor in self._rings.values():
-            cudart.cudaHostUnregister(tensor.data_ptr())
+        for name, (ring, tensor) in self._rings.items():
+            # unregistering a ring that was never pinned would leave an error behind (above)
+            if name in self._registered and int(cudart.cudaHostUnregister(tensor.data_ptr())):
+                self._clear_last_error()
             del tensor
             ring.close()
         self._rings.clear()
+        self._registered.clear()
+        self.registered_bytes = 0

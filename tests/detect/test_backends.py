@@ -16,6 +16,7 @@ from test_export import (
     BOX_ATOL,
     HW,
     TinyDetector,
+    assert_same_detection_sets,
     assert_same_detections,
     detecting_model,
     exported,
@@ -256,35 +257,75 @@ def test_open_backend_torch(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CUDA
 
 
+@pytest.fixture
+def fp32_convs():
+    """cuDNN runs FP32 convolutions as TF32 on Ampere and later by default (10-bit mantissa:
+    scores move by ~1e-3). Comparing with the CPU at FP32 tolerances needs true FP32."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
 @pytest.mark.gpu
+@pytest.mark.usefixtures("fp32_convs")
 def test_torch_cuda_matches_cpu(torch_dets) -> None:
     with torch_backend(device="cuda", max_batch=4) as backend:
         dets = backend.infer(np.ascontiguousarray(sample_batch(3)))
-    assert_same_detections(dets, torch_dets, box_atol=1e-2, score_atol=1e-4)
+    # these random-weight scores tie to ~1e-6: CUDA may list (and keep) tied boxes differently
+    assert_same_detection_sets(dets, torch_dets, box_atol=1e-2, score_atol=1e-4, unmatched=0.02)
 
 
 @pytest.mark.gpu
+@pytest.mark.usefixtures("fp32_convs")
 def test_torch_cuda_graphs_pad_to_bucket(torch_dets) -> None:
     with torch_backend(device="cuda", max_batch=4, cuda_graphs=True) as backend:
         first = backend.infer(np.ascontiguousarray(sample_batch(3)))  # captures bucket 4
         again = backend.infer(np.ascontiguousarray(sample_batch(3)))  # replays it
         one = backend.infer(np.ascontiguousarray(sample_batch(3)[:1]))  # bucket 1
         assert sorted(backend._graphs) == [1, 4]
-    assert_same_detections(first, torch_dets, box_atol=1e-2, score_atol=1e-4)
-    assert_same_detections(again, first, box_atol=0, score_atol=0)
-    assert_same_detections(one, first[:1], box_atol=1e-3, score_atol=1e-5)
+    assert_same_detection_sets(first, torch_dets, box_atol=1e-2, score_atol=1e-4, unmatched=0.02)
+    assert_same_detections(again, first, box_atol=0, score_atol=0)  # replay is bit-exact
+    assert_same_detection_sets(one, first[:1], box_atol=1e-3, score_atol=1e-5, unmatched=0.02)
 
 
 @pytest.mark.gpu
-def test_torch_cuda_half(torch_dets) -> None:
-    with torch_backend(device="cuda", half=True, max_batch=4) as backend:
-        dets = backend.infer(np.ascontiguousarray(sample_batch(3)))
-    # FP16 moves scores by ~1e-3: compare the confident detections only.
-    for got, want in zip(dets, torch_dets, strict=True):
-        strong = want.scores > 0.35
-        assert abs(len(got) - len(want)) <= max(3, len(want) // 10)
-        for box in want.boxes[strong]:
-            assert np.abs(got.boxes - box).max(axis=1).min() < 1.0
+def test_torch_cuda_half_finds_what_fp32_finds() -> None:
+    """FP16 on a trained model (the demo model on a synthetic street scene): every confident
+    FP32 detection is found again, same class, IoU >= 0.9, score within 0.02. Random weights
+    cannot show this: their near-tied scores let FP16 rounding change which box NMS keeps."""
+    from stages.detect.preprocess import letterbox_batch, resize_to_for
+    from stages.synth.scene import generate_scene
+
+    weights = Path(__file__).resolve().parents[2] / "stages/detect/models/demo.pth"
+    frames = generate_scene(seed=5, seconds=3, fps=5, size=(640, 384))
+    rgb = [frame for frame, _ in list(frames)[::5][:3]]
+    batch, _ = letterbox_batch(rgb, input_hw=(416, 416), resize_to=resize_to_for((416, 416)))
+    results = {}
+    for half in (False, True):
+        with open_backend("torch", weights, device="cuda", half=half, max_batch=4) as backend:
+            results[half] = backend.infer(np.ascontiguousarray(batch))
+    confident = 0
+    for full, fp16 in zip(results[False], results[True], strict=True):
+        for box, cls, score in zip(full.boxes, full.class_ids, full.scores, strict=True):
+            if score < 0.5:
+                continue
+            confident += 1
+            same = fp16.class_ids == cls
+            assert same.any(), f"class {cls} lost in FP16"
+            ious = box_iou(box, fp16.boxes[same])
+            k = int(np.argmax(ious))
+            assert ious[k] >= 0.9, (box, fp16.boxes[same][k])
+            assert abs(fp16.scores[same][k] - score) <= 0.02
+    assert confident >= 5, "the scene should hold several confident objects"
+
+
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    lt = np.maximum(box[:2], boxes[:, :2])
+    rb = np.minimum(box[2:], boxes[:, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
+    return inter / (area(box) + area(boxes) - inter)
 
 
 @pytest.mark.gpu
