@@ -625,6 +625,20 @@ class TrackerSection(_Strict):
         le=10,
         description="Kalman velocity noise (fraction of box height/frame, 0 < x <= 10).",
     )
+    appearance_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="Weight of the appearance cue (colour layout of each box, computed by the "
+        "detect stage when > 0) when overlapping tracks and detections are matched (0..10; "
+        "0 disables). Helps keep ids apart when people cross.",
+    )
+    appearance_momentum: float = Field(
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Weight of a track's old look per frame in its running average (0..1).",
+    )
     output_kalman_box: bool = Field(
         default=False, description="Report the filtered box instead of the matched detection's box."
     )

@@ -180,7 +180,9 @@ class ItemMsg:
 class DetectionsMsg:
     """One frame's detections (detect → track), boxes xyxy in source-image pixels.
 
-    boxes (N, 4) float32, scores (N,) float32, class_ids (N,) int64.
+    boxes (N, 4) float32, scores (N,) float32, class_ids (N,) int64; features (N, D) float32
+    appearance descriptors for the tracker (`stages.track.appearance`), D = 0 when the detect
+    stage computes none (None is taken as that).
     """
 
     camera_id: str
@@ -193,6 +195,7 @@ class DetectionsMsg:
     scores: np.ndarray = field(repr=False, compare=False)
     class_ids: np.ndarray = field(repr=False, compare=False)
     stage_ts: dict[str, float] = field(default_factory=dict)
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = _rows(self.boxes, "boxes", (4,))
@@ -201,6 +204,15 @@ class DetectionsMsg:
                 f"boxes, scores and class_ids must have the same length, got "
                 f"{self.boxes.shape}, {self.scores.shape}, {self.class_ids.shape}"
             )
+        if self.features is None:
+            object.__setattr__(self, "features", np.zeros((n, 0), np.float32))
+        elif not (
+            isinstance(self.features, np.ndarray)
+            and self.features.ndim == 2
+            and self.features.shape[0] == n
+        ):
+            shape = getattr(self.features, "shape", type(self.features).__name__)
+            raise MessageError(f"detections.features must be an (N, D) array, N = {n}, got {shape}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +295,7 @@ _TYPE_NAMES: dict[type, str] = {
 _TYPES: dict[str, type] = {v: k for k, v in _TYPE_NAMES.items()}
 _FIELDS = {cls: fields(cls) for cls in _TYPE_NAMES}
 _NAMES = {cls: frozenset(f.name for f in fs) for cls, fs in _FIELDS.items()}
-_ARRAY_FIELDS = {"pixels", "boxes", "scores", "class_ids"}
+_ARRAY_FIELDS = {"pixels", "boxes", "scores", "class_ids", "features"}
 
 
 def with_stage_ts(msg: Message, stage: str, ts: float) -> Message:

@@ -223,7 +223,13 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     b = cfg.batching
     stage = DetectStage(
         lambda: open_backend_from(cfg),
-        DetectStageConfig(b.max_batch, b.max_wait_ms, b.max_frame_age_ms, _realtime(cfg)),
+        DetectStageConfig(
+            b.max_batch,
+            b.max_wait_ms,
+            b.max_frame_age_ms,
+            _realtime(cfg),
+            appearance=cfg.tracker.appearance_weight > 0,  # only if the tracker uses them
+        ),
         on_batch=reporter.batch,
     )
     stage.poll_interval_ms = max(1, int(b.max_wait_ms / 4))  # type: ignore[attr-defined]

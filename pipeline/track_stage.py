@@ -109,8 +109,9 @@ class OrderedTrackStage:
         return out
 
     def _tracked(self, d: DetectionsMsg) -> TrackedMsg:
+        features = d.features if d.features is not None and d.features.shape[1] else None
         result = self.tracker.tracker(d.camera_id).update(
-            d.boxes, d.scores, d.class_ids, d.capture_ts
+            d.boxes, d.scores, d.class_ids, d.capture_ts, features
         )
         tracks = result.tracks
         names = self.config.class_names

@@ -41,6 +41,7 @@ DEMO_TRACKER = {
     "low_score": 0.3,
     "per_class": True,
     "direction_weight": 0.0,
+    "appearance_weight": 0.4,
 }
 """Tracker settings for the demo model, chosen on synthetic validation scenes (the product
 defaults were tuned on MOT17 detections); figures in configs/demo.yaml."""

@@ -14,6 +14,7 @@ import numpy as np
 from stages.detect.classes import class_names_for
 from stages.detect.preprocess import letterbox_batch, resize_to_for
 from stages.detect.types import Backend, Detections
+from stages.track.appearance import describe
 
 
 class Detector:
@@ -39,7 +40,19 @@ class Detector:
         Decoded video frames must be converted to RGB before this call: feeding BGR costs the
         reference model ~3.4 mAP on COCO.
         """
-        out: list[Detections] = []
+        return [det for det, _ in self._run(images_rgb, appearance=False)]
+
+    def detect_with_features(
+        self, images_rgb: Sequence[np.ndarray]
+    ) -> list[tuple[Detections, np.ndarray]]:
+        """`detect`, plus each detection's appearance descriptor for the tracker, computed as
+        the pipeline's detect stage does (`stages.track.appearance`, on the letterboxed image)."""
+        return [(det, feat) for det, feat in self._run(images_rgb, appearance=True)]  # type: ignore[misc]
+
+    def _run(
+        self, images_rgb: Sequence[np.ndarray], appearance: bool
+    ) -> list[tuple[Detections, np.ndarray | None]]:
+        out: list[tuple[Detections, np.ndarray | None]] = []
         step = self.backend.max_batch
         for start in range(0, len(images_rgb), step):
             chunk = images_rgb[start : start + step]
@@ -49,8 +62,12 @@ class Detector:
                 input_hw=self.backend.info.input_hw,
                 resize_to=self._resize_to,
             )
-            for det, meta in zip(self.backend.infer(batch), metas, strict=True):
-                out.append(Detections(meta.to_source(det.boxes), det.scores, det.class_ids))
+            dets = self.backend.infer(batch)
+            feats: list[np.ndarray | None] = [None] * len(dets)
+            if appearance:
+                feats = list(describe(batch, [det.boxes for det in dets]))
+            for det, meta, feat in zip(dets, metas, feats, strict=True):
+                out.append((Detections(meta.to_source(det.boxes), det.scores, det.class_ids), feat))
         return out
 
     def close(self) -> None:

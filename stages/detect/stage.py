@@ -27,6 +27,7 @@ from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, ItemMsg, Message
 from pipeline.runner import FatalStageError
 from stages.detect.gather import CudaGatherer, Gathered, HostGatherer
 from stages.detect.types import Backend, Detections
+from stages.track.appearance import describe
 
 log = logging.getLogger("edgestream.detect.stage")
 
@@ -39,12 +40,15 @@ class DetectStageConfig:
     max_wait_ms: how long the first item of a batch may wait for company.
     max_frame_age_ms: realtime items older than this (capture → now) are dropped; None: never.
     realtime_cameras: the cameras whose items may be dropped when stale (live sources).
+    appearance: compute each detection's appearance descriptor for the tracker
+        (`stages.track.appearance`, from the letterboxed image the model saw, on its device).
     """
 
     max_batch: int = 8
     max_wait_ms: float = 10.0
     max_frame_age_ms: float | None = 1000.0
     realtime_cameras: Container[str] = field(default_factory=frozenset)
+    appearance: bool = False
 
 
 def _torch_cuda_device(backend: Backend) -> Any | None:
@@ -181,8 +185,11 @@ class DetectStage:
         else:
             with self._gather_stream():
                 dets = infer_device_batch(self.backend, g.batch)
+        features: list[np.ndarray | None] = [None] * len(dets)
+        if self.config.appearance:  # boxes are still in the letterboxed image's pixels here
+            features = list(describe(g.batch, [det.boxes for det in dets]))
         now = time.time()
-        for item, det in zip(g.items, dets, strict=True):
+        for item, det, feat in zip(g.items, dets, features, strict=True):
             boxes = item.letterbox.to_source(det.boxes)
             out.append(
                 DetectionsMsg(
@@ -196,6 +203,7 @@ class DetectStage:
                     scores=np.ascontiguousarray(det.scores, np.float32),
                     class_ids=np.ascontiguousarray(det.class_ids, np.int64),
                     stage_ts={**item.stage_ts, STAGE: now},
+                    features=feat,
                 )
             )
         self.batches += 1

@@ -7,7 +7,8 @@ Two steps, so that the detector runs once and every tracker setting costs only a
     input size, reference postprocessing) on every frame of every ``VIDEOS_DIR/*.mp4`` and
     writes ``DETS_DIR/<scene>.jsonl``: one ``{"frame_id", "capture_ts", "objects": [...]}``
     line per frame, every detection down to ``--conf`` (below the tracker's ``low_score``, so
-    the tracker sees what it would see in the pipeline).
+    the tracker sees what it would see in the pipeline), each with its appearance descriptor
+    (``feat``, `stages.track.appearance`, computed as the detect stage computes it).
 
 ``python3 -m stages.synth.replay track DETS_DIR MOT_DIR [--set K=V ...] [--grid K=V1,V2 ...]``
     feeds those detections through `stages.track.tracker.Tracker` (one per scene, frame by
@@ -60,11 +61,13 @@ def detect_videos(
             path = out_dir / f"{video.stem}.jsonl"
             with path.open("w") as fh:
                 for frame in iter_frames(video):
-                    (det,) = detector.detect([frame.rgb])
+                    ((det, feats),) = detector.detect_with_features([frame.rgb])
                     objects = [
                         {"box": [round(float(v), 3) for v in b], "score": round(float(s), 5),
-                         "class_id": int(k), "class_name": names[int(k)]}
-                        for b, s, k in zip(det.boxes, det.scores, det.class_ids, strict=True)
+                         "class_id": int(k), "class_name": names[int(k)],
+                         "feat": [round(float(v), 4) for v in f]}
+                        for b, s, k, f in zip(det.boxes, det.scores, det.class_ids, feats,
+                                              strict=True)
                     ]  # fmt: skip
                     ts = frame.index / (frame.fps or DEFAULT_FPS)
                     doc = {"frame_id": frame.index, "capture_ts": ts, "objects": objects}
@@ -99,7 +102,10 @@ def track_and_score(
                     scores = np.array([o["score"] for o in objs], np.float32)
                     classes = np.array([o["class_id"] for o in objs], np.int64)
                     names.update((o["class_id"], o["class_name"]) for o in objs)
-                    t = tracker.update(boxes, scores, classes, doc["capture_ts"]).tracks
+                    feats = None
+                    if objs and "feat" in objs[0]:
+                        feats = np.array([o["feat"] for o in objs], np.float32)
+                    t = tracker.update(boxes, scores, classes, doc["capture_ts"], feats).tracks
                     published = [
                         {"track_id": int(i), "class_name": names.get(int(c), str(int(c))),
                          "score": float(s), "box": [float(v) for v in b]}

@@ -35,6 +35,7 @@ from stages.track.types import TrackerOutput, TrackEvent, TrackEventKind, Tracks
 TENTATIVE, TRACKED, LOST = 0, 1, 2
 
 _EMPTY = np.zeros(0, dtype=np.intp)
+_CLEAR_VIEW_IOU = 0.2  # a detection overlapping another one this much does not teach its look
 
 
 class Tracker:
@@ -79,6 +80,8 @@ class Tracker:
         self._last_frame = np.zeros(0, dtype=np.int64)
         self._first_ts = np.zeros(0)
         self._last_ts_col = np.zeros(0)
+        self._feat = np.zeros((0, 0), np.float32)  # look (appearance descriptor EMA), unit norm
+        self._has_feat = np.zeros(0, dtype=bool)
 
     # ------------------------------------------------------------------ public
 
@@ -102,6 +105,7 @@ class Tracker:
         scores: np.ndarray,
         class_ids: np.ndarray,
         timestamp_s: float,
+        features: np.ndarray | None = None,
     ) -> TrackerOutput:
         """Advance the tracker by one frame.
 
@@ -111,6 +115,9 @@ class Tracker:
             class_ids: (N,) integer class ids.
             timestamp_s: capture time of the frame in seconds; gaps longer than one frame
                 period (dropped frames) advance the motion model by that many frames.
+            features: (N, D) appearance descriptors of the detections
+                (`stages.track.appearance.describe`), used when ``appearance_weight`` > 0;
+                None: this frame has none (motion and overlap only).
         """
         cfg = self.config
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -128,6 +135,13 @@ class Tracker:
         keep = np.nonzero((scores >= cfg.low_score) & (area >= cfg.min_box_area))[0]
         det_boxes, det_scores, det_class = boxes[keep], scores[keep], class_ids[keep]
         high = det_scores >= cfg.high_score
+        det_feat = None
+        if features is not None and cfg.appearance_weight > 0:
+            features = np.asarray(features, dtype=np.float32).reshape(boxes.shape[0], -1)
+            det_feat = features[keep]
+            if self._feat.shape[1] != det_feat.shape[1]:  # first descriptors seen (or new size)
+                self._feat = np.zeros((self.num_tracks, det_feat.shape[1]), np.float32)
+                self._has_feat[:] = False
 
         iou = iou_matrix(kalman.xyah_to_xyxy(self._mean[:, 0]), det_boxes)  # (tracks, dets)
         state = self._state
@@ -148,6 +162,9 @@ class Tracker:
                 return
             same = None if not cfg.per_class else self._class[t][:, None] == det_class[None, d]
             sub = iou[t][:, d] if pair_iou is None else pair_iou
+            if det_feat is not None:
+                look = self._appearance_bonus(t, det_feat[d])
+                bonus = look if bonus is None else bonus + look
             r, c = match(sub, min_iou, det_scores[d] if fuse else None, same, bonus)
             m_track.append(t[r])
             m_det.append(d[c])
@@ -179,12 +196,16 @@ class Tracker:
         dets_idx = np.concatenate(m_det) if m_det else _EMPTY
         events: list[TrackEvent] = []
         self._apply_matches(tracks_idx, det_boxes[dets_idx], det_class[dets_idx], frame, events)
+        if det_feat is not None:
+            self._learn_look(tracks_idx, dets_idx, det_boxes, det_feat)
 
         kept = self._retire(track_free, frame, events)
         if kept is not None:  # rows were dropped (never matched ones): renumber the matches
             tracks_idx = (np.cumsum(kept) - 1)[tracks_idx]
         births = np.nonzero(det_free & (det_scores >= cfg.new_track_score))[0]
         born = self._birth(det_boxes[births], det_class[births], frame, events)
+        if det_feat is not None and born.size:
+            self._learn_look(born, births, det_boxes, det_feat)
         tracks_idx = np.concatenate([tracks_idx, born])
         dets_idx = np.concatenate([dets_idx, births])
         out = self._output(tracks_idx, dets_idx, det_boxes, det_scores, det_class, keep)
@@ -230,6 +251,31 @@ class Tracker:
             det_scores,
             self.config.direction_weight,
         )
+
+    def _appearance_bonus(self, tracks: np.ndarray, det_feat: np.ndarray) -> np.ndarray:
+        """(n, m) appearance_weight x cosine similarity; 0 for tracks with no look yet."""
+        cos = self._feat[tracks] @ det_feat.T
+        return (self.config.appearance_weight * self._has_feat[tracks])[:, None] * cos
+
+    def _learn_look(
+        self, tracks: np.ndarray, dets: np.ndarray, det_boxes: np.ndarray, det_feat: np.ndarray
+    ) -> None:
+        """Blend the matched detections' descriptors into their tracks' looks, from clear
+        views only: a box that overlaps another detection shows some of the other object."""
+        if tracks.size == 0:
+            return
+        overlap = iou_matrix(det_boxes[dets], det_boxes)
+        overlap[np.arange(dets.size), dets] = 0.0
+        clear = overlap.max(axis=1, initial=0.0) < _CLEAR_VIEW_IOU
+        rows, d = tracks[clear], det_feat[dets[clear]]
+        if rows.size == 0:
+            return
+        k = self.config.appearance_momentum
+        had = self._has_feat[rows][:, None]
+        look = np.where(had, k * self._feat[rows] + (1.0 - k) * d, d)
+        look /= np.linalg.norm(look, axis=1, keepdims=True) + 1e-6
+        self._feat[rows] = look
+        self._has_feat[rows] = True
 
     def _apply_matches(
         self,
@@ -410,6 +456,8 @@ class Tracker:
         "_last_frame",
         "_first_ts",
         "_last_ts_col",
+        "_feat",
+        "_has_feat",
     )
 
     def _keep_rows(self, keep: np.ndarray) -> None:
@@ -446,6 +494,8 @@ class Tracker:
             "_last_frame": np.full(n, frame, dtype=np.int64),
             "_first_ts": np.full(n, ts),
             "_last_ts_col": np.full(n, ts),
+            "_feat": np.zeros((n, self._feat.shape[1]), np.float32),
+            "_has_feat": np.zeros(n, dtype=bool),
         }
         for name in self._COLUMNS:
             setattr(self, name, np.concatenate([getattr(self, name), new[name]]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -116,6 +117,17 @@ def test_detections_roundtrip_dtypes_and_empty() -> None:
         for name in ("boxes", "scores", "class_ids"):
             a, b = getattr(got, name), getattr(msg, name)
             assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_detections_carry_appearance_features_or_none() -> None:
+    msg = detections(3)
+    assert msg.features is not None and msg.features.shape == (3, 0)  # None means none
+    feats = np.arange(3 * 24, dtype=np.float32).reshape(3, 24)
+    got = roundtrip(replace(msg, features=feats))
+    assert isinstance(got, DetectionsMsg) and got.features is not None
+    assert got.features.dtype == np.float32 and np.array_equal(got.features, feats)
+    with pytest.raises(MessageError, match=r"features must be an \(N, D\) array, N = 3"):
+        replace(msg, features=np.zeros((2, 24), np.float32))
 
 
 def test_tracked_roundtrip_to_frame_result() -> None:

@@ -126,6 +126,31 @@ def test_detect_batches_maps_to_source_and_drops_stale() -> None:
     stage.close()
 
 
+def test_detect_stage_adds_appearance_descriptors_from_the_image_the_model_saw() -> None:
+    from stages.track.appearance import DIM, describe
+
+    backend = FakeBackend()
+    stage = DetectStage(lambda: backend, DetectStageConfig(max_batch=2, max_wait_ms=1000,
+                                                           appearance=True))  # fmt: skip
+    stage.setup()
+    items = [item("a", 0, 40), item("a", 1, 90)]
+    items[0].pixels[0, 30:60, 30:60] = 250  # something to see inside the first box
+    out = [m for it in items for m in stage.process(it) if isinstance(m, DetectionsMsg)]
+    stage.close()
+    assert [m.features.shape for m in out] == [(1, DIM), (1, DIM)]
+    # the letterbox-space boxes the fake backend returned, on the letterboxed pixels
+    batch = np.stack([it.pixels for it in items])
+    want = describe(batch, [np.array([[v, v, v + 10, v + 10]], np.float32) for v in (
+        float(items[0].pixels.mean()), 90.0)])  # fmt: skip
+    for got, w in zip(out, want, strict=True):
+        np.testing.assert_allclose(got.features, w, atol=1e-6)
+    plain = DetectStage(lambda: FakeBackend(), DetectStageConfig(max_batch=1))
+    plain.setup()
+    (msg,) = plain.process(item("a", 0, 40))
+    plain.close()
+    assert isinstance(msg, DetectionsMsg) and msg.features.shape == (1, 0)  # none asked for
+
+
 def dets(cam: str, seq: int, n: int = 1) -> DetectionsMsg:
     boxes = np.tile(np.array([[10, 10, 50, 80]], np.float32), (n, 1)) + seq
     scores, classes = np.full(n, 0.9, np.float32), np.zeros(n, np.int64)
