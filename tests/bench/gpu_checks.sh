@@ -32,7 +32,7 @@ numpy.__version__, 'av', av.__version__, 'zmq', zmq.__version__)"
     timeout 240 python3 -m pytest -p no:cacheprovider -m "gpu or tensorrt" -rA -q \
         tests/runtime/test_gpu_gather.py tests/detect/test_backends.py \
         tests/decode/test_decode_files.py tests/detect/test_tensorrt.py \
-        tests/detect/test_engine_cache.py
+        tests/detect/test_engine_cache.py tests/track/test_appearance.py
 
     step "detect stage (pinned slab, CUDA gather) vs bare model"
     for args in "--arch yolo_nas_s --batch 8" "--arch yolo_nas_s --batch 32" \

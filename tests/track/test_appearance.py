@@ -8,7 +8,7 @@ import pytest
 import torch
 from track_helpers import box
 
-from stages.track.appearance import DIM, describe
+from stages.track.appearance import DIM, _describe_integral, describe
 from stages.track.config import TrackerConfig
 from stages.track.tracker import Tracker
 
@@ -43,30 +43,47 @@ def test_a_uniform_brightness_change_does_not_change_the_look() -> None:
     assert float(a[0] @ b[0]) > 0.99
 
 
-def test_numpy_and_torch_inputs_agree_and_empty_images_cost_nothing() -> None:
+EDGE_CASES = [
+    [300.0, 200.0, 340.0, 260.0],  # runs off the bottom-right corner
+    [-20.0, -10.0, 3.0, 5.0],  # mostly outside, top-left
+    [100.0, 100.0, 100.5, 100.2],  # less than a pixel
+    [319.0, 239.0, 319.0, 239.0],  # empty, on the last pixel
+]
+
+
+def test_host_and_integral_image_paths_agree_and_empty_images_cost_nothing() -> None:
+    """Host arrays go box by box, CUDA tensors through integral images: same numbers (the
+    integral path is run here on a CPU tensor; tests below run it on the GPU)."""
     img = _canvas()
-    boxes = [np.array([RED_BLUE, GREEN_YELLOW])]
-    (from_np,) = describe(img, boxes)
-    (from_torch,) = describe(torch.from_numpy(img), boxes)
-    np.testing.assert_array_equal(from_np, from_torch)
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 256, img.shape, dtype=np.uint8)
+    boxes = [np.array([RED_BLUE, GREEN_YELLOW, *EDGE_CASES])]
+    for image in (img, noisy):
+        (from_np,) = describe(image, boxes)
+        (from_torch,) = describe(torch.from_numpy(image), boxes)
+        (integral,) = _describe_integral(torch.from_numpy(image), boxes)
+        np.testing.assert_array_equal(from_np, from_torch)
+        np.testing.assert_allclose(integral, from_np, atol=1e-6)
+    (from_np,) = describe(img, [np.array([RED_BLUE, GREEN_YELLOW])])
     two = np.concatenate([img, img])
     first, second = describe(two, [np.zeros((0, 4)), np.array([GREEN_YELLOW])])
     assert first.shape == (0, DIM)
     np.testing.assert_allclose(second[0], from_np[1], atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "b",
-    [
-        [300.0, 200.0, 340.0, 260.0],  # runs off the bottom-right corner
-        [-20.0, -10.0, 3.0, 5.0],  # mostly outside, top-left
-        [100.0, 100.0, 100.5, 100.2],  # less than a pixel
-        [319.0, 239.0, 319.0, 239.0],  # empty, on the last pixel
-    ],
-)
+@pytest.mark.parametrize("b", EDGE_CASES)
 def test_boxes_at_edges_or_tiny_give_finite_descriptors(b: list[float]) -> None:
     (d,) = describe(_canvas(), [np.array([b])])
     assert d.shape == (1, DIM) and np.isfinite(d).all()
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_give_the_host_descriptors() -> None:
+    img = _canvas()
+    boxes = [np.array([RED_BLUE, GREEN_YELLOW, *EDGE_CASES])]
+    (on_gpu,) = describe(torch.from_numpy(img).cuda(), boxes)
+    (on_host,) = describe(img, boxes)
+    np.testing.assert_allclose(on_gpu, on_host, atol=1e-6)
 
 
 def test_bad_input_is_a_clear_error() -> None:
