@@ -137,7 +137,12 @@ class Tracker:
         high = det_scores >= cfg.high_score
         det_feat = None
         if features is not None and cfg.appearance_weight > 0:
-            features = np.asarray(features, dtype=np.float32).reshape(boxes.shape[0], -1)
+            features = np.asarray(features, dtype=np.float32)
+            if features.ndim != 2 or features.shape[0] != boxes.shape[0]:
+                raise ValueError(
+                    f"features must be (N, D) with N = {boxes.shape[0]} detections, "
+                    f"got {features.shape}"
+                )
             det_feat = features[keep]
             if self._feat.shape[1] != det_feat.shape[1]:  # first descriptors seen (or new size)
                 self._feat = np.zeros((self.num_tracks, det_feat.shape[1]), np.float32)

@@ -131,3 +131,11 @@ def test_appearance_weight_zero_ignores_descriptors() -> None:
     plain = _meet_stop_and_pass(Tracker(cfg, frame_rate_hz=25), looks=False)
     given = _meet_stop_and_pass(Tracker(cfg, frame_rate_hz=25), looks=True)
     assert plain == given
+
+
+def test_features_that_do_not_fit_the_detections_are_a_clear_error() -> None:
+    t = Tracker(TrackerConfig(appearance_weight=0.4), frame_rate_hz=25)
+    boxes = np.array([box(10, 10), box(100, 10)], np.float32)
+    with pytest.raises(ValueError, match=r"features must be \(N, D\) with N = 2"):
+        t.update(boxes, np.full(2, 0.9, np.float32), np.zeros(2, np.int64), 0.0,
+                 np.zeros((3, DIM), np.float32))  # fmt: skip
