@@ -47,12 +47,14 @@ class Detector:
     ) -> list[tuple[Detections, np.ndarray]]:
         """`detect`, plus each detection's appearance descriptor for the tracker, computed as
         the pipeline's detect stage does (`stages.track.appearance`, on the letterboxed image)."""
-        return [(det, feat) for det, feat in self._run(images_rgb, appearance=True)]  # type: ignore[misc]
+        return self._run(images_rgb, appearance=True)
 
     def _run(
         self, images_rgb: Sequence[np.ndarray], appearance: bool
-    ) -> list[tuple[Detections, np.ndarray | None]]:
-        out: list[tuple[Detections, np.ndarray | None]] = []
+    ) -> list[tuple[Detections, np.ndarray]]:
+        """Detections with their (k, DIM) descriptors, or (k, 0) arrays without ``appearance``
+        (the pipeline's convention for "none", as in `DetectionsMsg.features`)."""
+        out: list[tuple[Detections, np.ndarray]] = []
         step = self.backend.max_batch
         for start in range(0, len(images_rgb), step):
             chunk = images_rgb[start : start + step]
@@ -63,9 +65,10 @@ class Detector:
                 resize_to=self._resize_to,
             )
             dets = self.backend.infer(batch)
-            feats: list[np.ndarray | None] = [None] * len(dets)
             if appearance:
-                feats = list(describe(batch, [det.boxes for det in dets]))
+                feats = describe(batch, [det.boxes for det in dets])
+            else:
+                feats = [np.zeros((len(det.scores), 0), np.float32) for det in dets]
             for det, meta, feat in zip(dets, metas, feats, strict=True):
                 out.append((Detections(meta.to_source(det.boxes), det.scores, det.class_ids), feat))
         return out

@@ -4,8 +4,8 @@ Two people walking side by side, or crossing, give boxes that overlap and move a
 motion model cannot tell which is which, and ids flip between them. Their clothes can. Each
 detection gets a small descriptor — the mean colour of a grid of cells over its box (4 bands
 from head to feet, 2 halves left and right; 24 numbers) — computed from the image the detector
-just saw (no network, no weights; ~20 us per box on a CPU, one integral image per frame on a
-GPU).
+just saw (no network, no weights; ~0.1-0.2 ms per box on a CPU, one integral image per frame
+on a GPU).
 
 The descriptor is centred (its mean over the 24 numbers subtracted, so a uniform brightness
 change cancels) and L2-normalised, so two descriptors compare by their dot product (cosine
@@ -33,8 +33,9 @@ def describe(images: Any, boxes: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Descriptors for ``boxes[i]`` ((k, 4) xyxy pixels of image i) in ``images``.
 
     images: (n, 3, H, W) uint8, a numpy array or a torch tensor. Host images are read box by
-        box (two numpy reductions per box: ~20 us); CUDA tensors through one integral image
-        per image on the GPU (no per-box kernel launches). Both give the same numbers.
+        box (two numpy reductions per box, ~0.1-0.2 ms on this project's CI VM); CUDA tensors
+        through one integral image per image on the GPU (no per-box kernel launches). Both
+        give the same numbers.
         Returns one (k, DIM) float32 numpy array per image.
     """
     shape = tuple(images.shape)
