@@ -181,7 +181,7 @@ class DetectionsMsg:
     """One frame's detections (detect → track), boxes xyxy in source-image pixels.
 
     boxes (N, 4) float32, scores (N,) float32, class_ids (N,) int64; features (N, D) float32
-    appearance descriptors for the tracker (`stages.track.appearance`), D = 0 when the detect
+    appearance descriptors for the tracker (`stages.detect.appearance`), D = 0 when the detect
     stage computes none (None is taken as that).
     """
 

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from stages.detect.appearance import describe
 from stages.detect.classes import class_names_for
 from stages.detect.preprocess import letterbox_batch, resize_to_for
 from stages.detect.types import Backend, Detections
-from stages.track.appearance import describe
 
 
 class Detector:
@@ -46,7 +46,7 @@ class Detector:
         self, images_rgb: Sequence[np.ndarray]
     ) -> list[tuple[Detections, np.ndarray]]:
         """`detect`, plus each detection's appearance descriptor for the tracker, computed as
-        the pipeline's detect stage does (`stages.track.appearance`, on the letterboxed image)."""
+        the pipeline's detect stage does (`stages.detect.appearance`, on the letterboxed image)."""
         return self._run(images_rgb, appearance=True)
 
     def _run(

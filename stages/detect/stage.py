@@ -25,9 +25,9 @@ import numpy as np
 from pipeline.batching import BatchPolicy
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, ItemMsg, Message
 from pipeline.runner import FatalStageError
+from stages.detect.appearance import describe
 from stages.detect.gather import CudaGatherer, Gathered, HostGatherer
 from stages.detect.types import Backend, Detections
-from stages.track.appearance import describe
 
 log = logging.getLogger("edgestream.detect.stage")
 
@@ -41,7 +41,7 @@ class DetectStageConfig:
     max_frame_age_ms: realtime items older than this (capture → now) are dropped; None: never.
     realtime_cameras: the cameras whose items may be dropped when stale (live sources).
     appearance: compute each detection's appearance descriptor for the tracker
-        (`stages.track.appearance`, from the letterboxed image the model saw, on its device).
+        (`stages.detect.appearance`, from the letterboxed image the model saw, on its device).
     """
 
     max_batch: int = 8

@@ -8,7 +8,7 @@ Two steps, so that the detector runs once and every tracker setting costs only a
     writes ``DETS_DIR/<scene>.jsonl``: one ``{"frame_id", "capture_ts", "objects": [...]}``
     line per frame, every detection down to ``--conf`` (below the tracker's ``low_score``, so
     the tracker sees what it would see in the pipeline), each with its appearance descriptor
-    (``feat``, `stages.track.appearance`, computed as the detect stage computes it).
+    (``feat``, `stages.detect.appearance`, computed as the detect stage computes it).
 
 ``python3 -m stages.synth.replay track DETS_DIR MOT_DIR [--set K=V ...] [--grid K=V1,V2 ...]``
     feeds those detections through `stages.track.tracker.Tracker` (one per scene, frame by

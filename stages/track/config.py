@@ -90,7 +90,7 @@ class TrackerConfig:
     quickly; smaller assumes steadier motion (better prediction through occlusion)."""
 
     appearance_weight: float = 0.0
-    """Weight of the appearance cue (`stages.track.appearance`: colour layout of the box,
+    """Weight of the appearance cue (`stages.detect.appearance`: colour layout of the box,
     cosine similarity in [-1, 1]) added to the overlap score when tracks and detections are
     matched. It only re-ranks pairs that overlap enough already, so it resolves which of two
     overlapping objects is which rather than creating far matches. Needs detections with

@@ -116,7 +116,7 @@ class Tracker:
             timestamp_s: capture time of the frame in seconds; gaps longer than one frame
                 period (dropped frames) advance the motion model by that many frames.
             features: (N, D) appearance descriptors of the detections
-                (`stages.track.appearance.describe`), used when ``appearance_weight`` > 0;
+                (`stages.detect.appearance.describe`), used when ``appearance_weight`` > 0;
                 None: this frame has none (motion and overlap only).
         """
         cfg = self.config

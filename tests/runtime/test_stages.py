@@ -127,7 +127,7 @@ def test_detect_batches_maps_to_source_and_drops_stale() -> None:
 
 
 def test_detect_stage_adds_appearance_descriptors_from_the_image_the_model_saw() -> None:
-    from stages.track.appearance import DIM, describe
+    from stages.detect.appearance import DIM, describe
 
     backend = FakeBackend()
     stage = DetectStage(lambda: backend, DetectStageConfig(max_batch=2, max_wait_ms=1000,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from track_helpers import box
 
-from stages.track.appearance import DIM, _describe_integral, describe
+from stages.detect.appearance import DIM, _describe_integral, describe
 from stages.track.config import TrackerConfig
 from stages.track.tracker import Tracker
 
