@@ -16,7 +16,6 @@ from test_export import (
     BOX_ATOL,
     HW,
     TinyDetector,
-    assert_same_detection_sets,
     assert_same_detections,
     detecting_model,
     exported,
@@ -273,7 +272,7 @@ def test_torch_cuda_matches_cpu(torch_dets) -> None:
     with torch_backend(device="cuda", max_batch=4) as backend:
         dets = backend.infer(np.ascontiguousarray(sample_batch(3)))
     # these random-weight scores tie to ~1e-6: CUDA may list (and keep) tied boxes differently
-    assert_same_detection_sets(dets, torch_dets, box_atol=1e-2, score_atol=1e-4, unmatched=0.02)
+    assert_same_detections(dets, torch_dets, box_atol=1e-2, score_atol=1e-4, unmatched=0.02)
 
 
 @pytest.mark.gpu
@@ -284,9 +283,9 @@ def test_torch_cuda_graphs_pad_to_bucket(torch_dets) -> None:
         again = backend.infer(np.ascontiguousarray(sample_batch(3)))  # replays it
         one = backend.infer(np.ascontiguousarray(sample_batch(3)[:1]))  # bucket 1
         assert sorted(backend._graphs) == [1, 4]
-    assert_same_detection_sets(first, torch_dets, box_atol=1e-2, score_atol=1e-4, unmatched=0.02)
+    assert_same_detections(first, torch_dets, box_atol=1e-2, score_atol=1e-4, unmatched=0.02)
     assert_same_detections(again, first, box_atol=0, score_atol=0)  # replay is bit-exact
-    assert_same_detection_sets(one, first[:1], box_atol=1e-3, score_atol=1e-5, unmatched=0.02)
+    assert_same_detections(one, first[:1], box_atol=1e-3, score_atol=1e-5, unmatched=0.02)
 
 
 @pytest.mark.gpu

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import assert_same_detection_sets
+from test_export import assert_same_detections
 
 from pipeline.messages import DetectionsMsg, ItemMsg
 from pipeline.shm import ShmRing, ring_name
@@ -88,4 +88,4 @@ def test_cuda_gather_matches_host(
     for seq, want in results["cpu"].items():
         got = results["cuda"][seq]
         # same set of boxes; ties in score (random weights) may be listed in another order
-        assert_same_detection_sets([got], [want], box_atol=1e-2, score_atol=1e-4, unmatched=0.02)
+        assert_same_detections([got], [want], box_atol=1e-2, score_atol=1e-4, unmatched=0.02)
