@@ -518,13 +518,23 @@ class BatchingConfig(_Strict):
         description="A batch leaves at most this long after its first frame arrived, full or "
         "not (ms, 0..1000): the latency a frame may spend waiting for company.",
     )
+    slots_per_camera: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Realtime cameras: frames of one camera that may wait ahead of the model "
+        "(1..16). Newest frame wins: when they are all taken, the oldest waiting frame is "
+        "replaced by the new one and counted as superseded. 1 gives the lowest latency under "
+        "overload; more lets a camera fill a batch on its own when the model is idle.",
+    )
     max_frame_age_ms: float | None = Field(
         default=500.0,
         ge=1,
         le=60_000,
-        description="Realtime cameras: a frame older than this (capture to batch, ms, "
-        "1..60000) is dropped and counted instead of detected; null never drops for age. "
-        "Ignored for realtime: false cameras.",
+        description="Realtime cameras with slots_per_camera > 1: a waiting frame older than "
+        "this (capture to batch, ms, 1..60000) is superseded by a newer frame of the same "
+        "camera. The newest frame of a camera is never dropped for age, and nothing is "
+        "dropped after detection. null: only slots decide. Ignored for realtime: false cameras.",
     )
 
 
@@ -785,6 +795,15 @@ class RedisSection(_Strict):
         ge=0,
         le=600,
         description="How long shutdown keeps writing the buffer (s, 0..600).",
+    )
+    give_up_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=31_536_000,
+        description="realtime: false cameras lose nothing to a Redis outage: the sink holds the "
+        "pipeline and the run ends once every result is written. After an outage this long "
+        "(s) it stops holding them; what is then lost is counted and the run exits 3. "
+        "null: never give up.",
     )
 
     @model_validator(mode="after")

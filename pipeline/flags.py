@@ -38,3 +38,16 @@ class SharedFlag:
                 poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic()))
             )
         return True
+
+
+class RunFlags:
+    """The flags of one pipeline run, shared by the supervisor and every stage process.
+
+    done: set by the sink when every file camera ended and its results were written.
+    model_ready: set by detect once its model is loaded and warmed; decode opens its cameras
+        only then, so the first seconds of a file are not read before anything can detect them.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self.done = SharedFlag(ctx)
+        self.model_ready = SharedFlag(ctx)

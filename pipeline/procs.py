@@ -36,6 +36,7 @@ from pipeline.config import (
     track_stage_config,
 )
 from pipeline.edges import EdgePlan
+from pipeline.flags import RunFlags
 from pipeline.messages import Message
 from pipeline.policy import RealtimePolicy
 from pipeline.runner import StageCounters, run_stage
@@ -98,7 +99,7 @@ def child_main(
     cfg: PipelineConfig,
     edges: dict[str, EdgePlan],
     stop: Any,
-    done: Any,
+    flags: RunFlags,
     stats_q: Any,
     log_level: str = "INFO",
 ) -> None:
@@ -115,7 +116,7 @@ def child_main(
     setup_logging(log_level, cfg.logging.format, process_label(spec.role, index), cfg.secrets())
     reporter = Reporter(spec.key, stats_q, metrics=process_metrics())
     try:
-        ROLES[spec.role](spec, cfg, edges, stop, done, reporter)
+        ROLES[spec.role](spec, cfg, edges, stop, flags, reporter)
     except (ValueError, FileNotFoundError) as e:  # config-like: the same on every restart
         log.error("%s: cannot start: %s", spec.key, cfg.redact(str(e)))
         reporter.close()
@@ -139,7 +140,7 @@ def _offline_blocks(cfg: PipelineConfig) -> Callable[[Message], bool]:
 
 
 def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
-               stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+               stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
     from pipeline.decode_proc import DecodeFeeder
     from pipeline.shm import ShmPool
 
@@ -149,6 +150,14 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     sender = edge.open_sender(stop, name="decode", pool=pool)
     feeder = DecodeFeeder(cameras, sender, on_state=reporter.camera_state)
     reporter.source(lambda: {"decode": feeder.counters})
+    if cfg.runs("detect") and not flags.model_ready.is_set():
+        log.info("decode: cameras open once the model is loaded")
+        while not flags.model_ready.wait(0.2):
+            reporter.maybe_send()
+            if stop.is_set():
+                sender.close()
+                pool.close()
+                return
     feeder.start()
     try:
         while not stop.wait(0.2):
@@ -160,7 +169,7 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
 
 
 def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
-                   stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+                   stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
     from pipeline.shm import ShmPool, ring_name
     from stages.preprocess import PreprocessStage, PreprocessStageConfig
 
@@ -168,7 +177,7 @@ def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePl
     stage = PreprocessStage(
         PreprocessStageConfig(
             slab_name=ring_name(cfg.name, f"slab{spec.index}") if items.shm else None,
-            slab_slots=2 * cfg.batching.max_batch + 4,
+            slab_slots=_item_slots(cfg),
             input_hw=model_info_of(cfg).input_hw,
             inline=not items.shm,
         )
@@ -181,8 +190,16 @@ def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePl
         cfg,
         stop,
         reporter,
-        pool=ShmPool(cfg.name, f"items{spec.index}", slots=2 * cfg.batching.max_batch + 4),
+        pool=ShmPool(cfg.name, f"items{spec.index}", slots=_item_slots(cfg)),
     )
+
+
+def _item_slots(cfg: PipelineConfig) -> int:
+    """Slab slots of one preprocess worker: a batch being gathered, the next one filling, and
+    every camera's waiting frames (newest frame wins: one may wait a whole batch time while
+    the other cameras' frames go round the ring; any one worker may have written it)."""
+    b = cfg.batching
+    return 2 * b.max_batch + 4 + 2 * len(cfg.cameras) * b.slots_per_camera
 
 
 def open_backend_from(cfg: PipelineConfig) -> Any:
@@ -217,7 +234,7 @@ def open_backend_from(cfg: PipelineConfig) -> Any:
 
 
 def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
-               stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+               stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
     from stages.detect.stage import DetectStage, DetectStageConfig
 
     b = cfg.batching
@@ -226,13 +243,14 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         DetectStageConfig(
             b.max_batch,
             b.max_wait_ms,
+            b.slots_per_camera,
             b.max_frame_age_ms,
             _realtime(cfg),
             appearance=cfg.tracker.appearance_weight > 0,  # only if the tracker uses them
         ),
         on_batch=reporter.batch,
+        on_ready=flags.model_ready.set,
     )
-    stage.poll_interval_ms = max(1, int(b.max_wait_ms / 4))  # type: ignore[attr-defined]
     reporter.source(lambda: {"ready": stage.backend is not None})
     _run(stage, "detect", edges["items"], edges["detections"], cfg, stop, reporter)
 
@@ -282,7 +300,7 @@ def class_names_of(cfg: PipelineConfig) -> list[str]:
 
 
 def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
-              stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+              stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
     from pipeline.track_stage import OrderedTrackConfig, OrderedTrackStage
 
     stage = OrderedTrackStage(
@@ -297,7 +315,7 @@ def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
 
 
 def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
-             stop: Any, done: Any, reporter: Reporter) -> None:  # fmt: skip
+             stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
     from pipeline.sink_stage import SinkStage
 
     sinks: list[Any] = []
@@ -324,14 +342,12 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         sinks.append(FileVideoSink(VideoSinkConfig(Path(video.dir), fps=video.fps), paths))
     age_ms = cfg.batching.max_frame_age_ms
     files = [c.id for c in cfg.effective_cameras() if c.kind == "file" and not c.loop]
-    everything_ends = len(files) == len(cfg.cameras) and not any(
-        c.realtime for c in cfg.effective_cameras()
-    )
+    everything_ends = len(files) == len(cfg.cameras)  # live or offline: the input ends
     stage = SinkStage(
         sinks,
         expected_cameras=files if everything_ends else (),
         on_published=reporter.published_frame,
-        on_done=done.set,
+        on_done=flags.done.set,
         realtime_cameras=_realtime(cfg),
         max_age_s=None if age_ms is None else 2 * age_ms / 1e3,
     )

@@ -9,6 +9,13 @@ A stage knows nothing of sockets::
         # optional: def tick(self, now: float) -> Iterable[Message]   (time-driven output,
         #           e.g. a batch deadline; now = time.monotonic()), called every
         #           poll_interval_ms (attribute, default 50) and once more before close()
+        # optional: def next_deadline(self) -> float | None   (monotonic time the stage wants
+        #           its next tick, e.g. a batch due; None: nothing pending)
+
+A stage with ``next_deadline`` is ticked as soon as that time comes (the receive never blocks
+past it) and not before: messages already waiting on the socket are all handed to
+``process`` first, so a batch formed at its deadline holds the newest frames, not the ones that
+happened to be first in the socket.
 
 `run_stage` owns the rest: it receives, calls the stage, routes each output to a `Sender`,
 sends it blocking or not (per message: offline cameras block and lose nothing, live ones drop
@@ -22,6 +29,7 @@ unless it is a `FatalStageError`, or ``max_consecutive_errors`` messages in a ro
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -106,7 +114,29 @@ def run_stage(
     blocking = block if callable(block) else (lambda _m, b=bool(block): b)
     poll_ms = max(1, int(getattr(stage, "poll_interval_ms", 50)))
     tick = getattr(stage, "tick", None)
+    deadline_of: Callable[[], float | None] | None = getattr(stage, "next_deadline", None)
     failures = 0
+
+    # A stage with next_deadline: after a message, read on without waiting until the socket
+    # is empty (at most poll_ms at a stretch), then tick if its deadline has come.
+    reading_since: float | None = None
+
+    def due(now: float) -> bool:
+        if reading_since is not None and now - reading_since < poll_ms / 1000:
+            return False  # still reading what waits on the socket
+        if now >= next_tick:
+            return True
+        d = deadline_of() if deadline_of is not None else None
+        return d is not None and now >= d
+
+    def recv_wait_ms(now: float) -> int:
+        if reading_since is not None:
+            return 0
+        wait = poll_ms if tick is not None else 100
+        d = deadline_of() if deadline_of is not None else None
+        if d is not None:
+            wait = min(wait, max(0, math.ceil((d - now) * 1000)))
+        return wait
 
     def emit(
         out: Iterable[Message] | None, draining: bool = False, forwarded: Message | None = None
@@ -137,7 +167,7 @@ def run_stage(
     try:
         next_tick = time.monotonic()
         while not stop.is_set():
-            if tick is not None and time.monotonic() >= next_tick:
+            if tick is not None and due(time.monotonic()):
                 try:
                     ticked = list(tick(time.monotonic()))
                 except FatalStageError:
@@ -151,18 +181,21 @@ def run_stage(
                     ticked = []
                 emit(ticked)
                 next_tick = time.monotonic() + poll_ms / 1000
+                reading_since = None
             if receiver is None:
                 time.sleep(poll_ms / 1000)
                 continue
-            wait = poll_ms if tick is not None else 100
             try:
-                msg = receiver.recv(timeout_ms=wait)
+                msg = receiver.recv(timeout_ms=recv_wait_ms(time.monotonic()))
             except MessageError as e:
                 c.malformed += 1
                 log.warning("%s: malformed message on %s dropped: %s", name, receiver.name, e)
                 continue
             if msg is None:
+                reading_since = None
                 continue
+            if deadline_of is not None and reading_since is None:
+                reading_since = time.monotonic()
             c.received[msg.camera_id] += 1
             c.last_activity = time.monotonic()
             if isinstance(msg, DropMsg) and msg.stage == receiver.name:

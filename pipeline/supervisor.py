@@ -37,7 +37,7 @@ from typing import Any
 
 from pipeline.config import STAGES, PipelineConfig
 from pipeline.edges import EdgePlan, plan_edges
-from pipeline.flags import SharedFlag
+from pipeline.flags import RunFlags, SharedFlag
 from pipeline.procs import EXIT_CONFIG, ChildSpec, child_main, set_title
 from pipeline.shm import NAME_PREFIX, cleanup_stale, list_segments
 from pipeline.stats import StatsBoard
@@ -83,7 +83,8 @@ class Supervisor:
         self.backoff_max_s = restart_backoff_max_s
         self.restart_reset_s = restart_reset_s
         self._mp = mp.get_context("spawn")
-        self.done = SharedFlag(self._mp)  # set by the sink when an offline run finished
+        self.flags = RunFlags(self._mp)
+        self.done = self.flags.done  # set by the sink when every file camera's results are out
         self.board = StatsBoard()
         self.children: dict[str, _Child] = {}
         self.edges: dict[str, EdgePlan] = {}
@@ -184,7 +185,7 @@ class Supervisor:
                 self.cfg,
                 self.edges,
                 child.stop,
-                self.done,
+                self.flags,
                 child.stats_q,
                 self.log_level,
             ),

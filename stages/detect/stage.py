@@ -1,10 +1,12 @@
 """The detect stage: deadline-aware batches of letterboxed items → one backend call → detections.
 
-``process(item)`` queues an `ItemMsg` in a `pipeline.batching.BatchPolicy`; a batch runs when
-it is full or ``max_wait_ms`` after its first item (``tick`` runs due batches when no message
-comes, and `next_deadline` tells the runner how long it may block). Items of realtime cameras
-older than ``max_frame_age_ms`` are dropped (``DropMsg`` reason ``stale``); items whose shm slot
-was overwritten before the gather are dropped with reason ``overwritten``.
+``process(item)`` only queues an `ItemMsg` in a `pipeline.batching.BatchPolicy` (newest frame
+wins: a live camera's older waiting frame is replaced, ``DropMsg`` reason ``superseded``);
+``tick`` runs the batch that is due. The runner reads every message already waiting on the
+socket before it ticks, and blocks no longer than `next_deadline`, so a batch leaves when it
+is full or ``max_wait_ms`` after its first slot was filled, and always holds the newest frames
+that arrived while the previous batch ran. Items whose shm slot was overwritten before the
+gather are dropped with reason ``overwritten``.
 
 The batch is gathered by `stages.detect.gather` (host array, or pinned slabs → device tensor
 with CUDA and the torch backend), the backend runs once, and boxes are mapped back to source
@@ -38,14 +40,18 @@ STAGE = "detect"
 class DetectStageConfig:
     """max_batch: images per backend call (<= the backend's max_batch).
     max_wait_ms: how long the first item of a batch may wait for company.
-    max_frame_age_ms: realtime items older than this (capture → now) are dropped; None: never.
-    realtime_cameras: the cameras whose items may be dropped when stale (live sources).
+    slots_per_camera: frames of one live camera that may wait ahead of the model; a newer
+        one replaces the oldest (``superseded``).
+    max_frame_age_ms: with more than one slot, a waiting live frame older than this is
+        superseded by a newer one of its camera (the newest is never dropped); None: never.
+    realtime_cameras: the live cameras (newest frame wins); the others are never dropped.
     appearance: compute each detection's appearance descriptor for the tracker
         (`stages.detect.appearance`, from the letterboxed image the model saw, on its device).
     """
 
     max_batch: int = 8
     max_wait_ms: float = 10.0
+    slots_per_camera: int = 1
     max_frame_age_ms: float | None = 1000.0
     realtime_cameras: Container[str] = field(default_factory=frozenset)
     appearance: bool = False
@@ -84,13 +90,15 @@ class DetectStage:
         config: DetectStageConfig,
         on_batch: Callable[[int, float], None] | None = None,
         on_drop: Callable[[DropMsg], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.open_backend = open_backend
         self.config = config
         self.on_batch = on_batch  # (batch size, seconds in gather + inference + mapping)
         self.on_drop = on_drop
+        self.on_ready = on_ready  # after the model is loaded and has run once (warm)
         self.policy: BatchPolicy[ItemMsg] = BatchPolicy(
-            config.max_batch, config.max_wait_ms, config.max_frame_age_ms
+            config.max_batch, config.max_wait_ms, config.slots_per_camera, config.max_frame_age_ms
         )
         self.backend: Backend | None = None
         self._gather: HostGatherer | CudaGatherer | None = None
@@ -111,6 +119,19 @@ class DetectStage:
             log.info("detect: pinned-slab gather on %s (own CUDA stream)", device)
         else:
             self._gather = HostGatherer(self.config.max_batch, hw)
+        if self.on_ready is not None:
+            self._warm_up()
+            self.on_ready()
+
+    def _warm_up(self) -> None:
+        """One inference on a blank image: the first call of a runtime allocates and tunes
+        (ONNX Runtime, cuDNN), which should not be a camera's first frame's latency."""
+        assert self.backend is not None
+        t0 = time.perf_counter()
+        self.backend.infer(np.zeros((1, 3, *self.input_hw), np.uint8))
+        log.info(
+            "detect: model ready (warm-up inference %.0f ms)", 1e3 * (time.perf_counter() - t0)
+        )
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -118,7 +139,7 @@ class DetectStage:
         return self.backend.info.input_hw
 
     def next_deadline(self) -> float | None:
-        """Monotonic time of the next batch deadline (None: nothing waiting)."""
+        """Monotonic time the next batch is due (None: nothing waiting); the runner ticks then."""
         return self.policy.deadline()
 
     def process(self, msg: Message) -> Iterable[Message]:
@@ -131,10 +152,15 @@ class DetectStage:
                     "say its input size; re-export it with edgestream export)"
                 )
             realtime = msg.camera_id in self.config.realtime_cameras
-            self.policy.add(msg.camera_id, msg, time.monotonic(), msg.capture_ts, realtime)
-            return self._run_due()
-        if isinstance(msg, DropMsg | EndMsg):
-            return [msg, *self._run_due()]
+            old = self.policy.add(msg.camera_id, msg, time.monotonic(), msg.capture_ts, realtime)
+            out: list[Message] = [self._drop(i, "superseded") for i in old]
+            if not realtime and len(self.policy) >= self.config.max_batch:
+                out += self._run_due()  # offline backlog: a full batch runs now (bounded memory)
+            return out
+        if isinstance(msg, EndMsg):  # the camera's waiting items run first
+            return [*self.flush(), msg]
+        if isinstance(msg, DropMsg):
+            return [msg]
         log.warning("detect: ignoring unexpected %s", type(msg).__name__)
         return []
 
@@ -146,7 +172,7 @@ class DetectStage:
         out: list[Message] = []
         while len(self.policy):
             taken = self.policy.take(time.monotonic(), time.time(), force=True)
-            out += [self._drop(i, "stale") for i in taken.stale]
+            out += [self._drop(i, "superseded") for i in taken.superseded]
             if taken.batch:
                 out += self._run(taken.batch)
         return out
@@ -168,7 +194,7 @@ class DetectStage:
         out: list[Message] = []
         while True:
             taken = self.policy.take(time.monotonic(), time.time())
-            out += [self._drop(i, "stale") for i in taken.stale]
+            out += [self._drop(i, "superseded") for i in taken.superseded]
             if not taken.batch:
                 return out
             out += self._run(taken.batch)

@@ -415,7 +415,12 @@ def test_schema_formats() -> None:
     assert schema["additionalProperties"] is False
     assert "cameras" in schema["properties"]
     reference = yaml.safe_load(config_cli.render_schema("yaml"))
-    assert reference["batching"] == {"max_batch": 8, "max_wait_ms": 10.0, "max_frame_age_ms": 500.0}
+    assert reference["batching"] == {
+        "max_batch": 8,
+        "max_wait_ms": 10.0,
+        "slots_per_camera": 1,
+        "max_frame_age_ms": 500.0,
+    }
     md = config_cli.render_schema("markdown")
     assert "| `max_batch` | integer | `8` | >= 1, <= 64 |" in md
 

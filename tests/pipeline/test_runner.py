@@ -306,3 +306,51 @@ def test_block_policy_per_message_and_route_function(tmp_path: Path) -> None:
         stop.set()
         for s in (a, b, to_a, to_b, src, rx):
             s.close()
+
+
+class NewestWins:
+    """A batching stage (`pipeline.batching.BatchPolicy`, one slot per camera, no wait) whose
+    setup is slow, as a model load or a long batch is: messages pile up in the socket."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        from pipeline.batching import BatchPolicy
+
+        self.gate = gate
+        self.policy: BatchPolicy[Message] = BatchPolicy(max_batch=8, max_wait_ms=0)
+
+    def setup(self) -> None:
+        assert self.gate.wait(5)
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        old = self.policy.add(msg.camera_id, msg, time.monotonic(), 0.0, droppable=True)
+        return [DropMsg(m.camera_id, m.seq, "stage", "superseded") for m in old]
+
+    def next_deadline(self) -> float | None:
+        return self.policy.deadline()
+
+    def tick(self, now: float) -> Iterable[Message]:
+        return self.policy.take(now, time.time()).batch
+
+    def close(self) -> Iterable[Message]:
+        return []
+
+
+def test_a_deadline_stage_reads_the_socket_empty_before_its_batch(edges: Edges) -> None:
+    """Even with max_wait 0 (due as soon as one frame waits), the batch that runs holds the
+    newest frame of the camera, not the first one in the socket; the rest are superseded."""
+    gate = threading.Event()
+    t = edges.run(NewestWins(gate))
+    try:
+        for i in range(6):
+            assert edges.src.send(det("cam", i), block=True, timeout_s=5)
+        time.sleep(0.2)  # all six wait in the socket
+        gate.set()
+        got = edges.collect(6)
+    finally:
+        edges.stop.set()
+        t.join(5)
+    assert edges.error is None
+    assert [(type(m).__name__, m.seq) for m in got] == [("DropMsg", i) for i in range(5)] + [
+        ("DetectionsMsg", 5)
+    ]
+    assert edges.counters.dropped == {("cam", "superseded"): 5}

@@ -1,4 +1,4 @@
-"""The pure policies of the runtime, in memory: batching (deadline, fairness, staleness) and
+"""The pure policies of the runtime, in memory: batching (deadline, fairness, newest frame wins) and
 per-camera reordering (in-order release, tombstones, gap timeout, restarts, end markers)."""
 
 from __future__ import annotations
@@ -33,14 +33,53 @@ def test_one_item_per_camera_unless_behind() -> None:
     assert p.take(1.0, 1.0).batch == ["a2", "a3", "a4", "a5"]  # a alone: fills the batch
 
 
-def test_stale_realtime_items_dropped_offline_kept() -> None:
-    p: BatchPolicy[str] = BatchPolicy(max_batch=8, max_wait_ms=50, max_frame_age_ms=100)
-    p.add("live", "old", now_s=0.0, capture_ts=10.0, droppable=True)
-    p.add("live", "new", now_s=0.0, capture_ts=10.15, droppable=True)
-    p.add("file", "offline", now_s=0.0, capture_ts=9.0, droppable=False)
+def test_newest_frame_wins_per_camera_offline_kept() -> None:
+    p: BatchPolicy[str] = BatchPolicy(max_batch=8, max_wait_ms=50)
+    assert p.add("live", "f0", now_s=0.0, capture_ts=10.0, droppable=True) == []
+    assert p.add("live", "f1", now_s=0.02, capture_ts=10.1, droppable=True) == ["f0"]
+    assert p.add("live", "f2", now_s=0.04, capture_ts=10.2, droppable=True) == ["f1"]
+    for i in range(3):  # offline items are never replaced
+        assert p.add("file", f"o{i}", now_s=0.0, capture_ts=1.0, droppable=False) == []
+    assert len(p) == 4
+    # the slot has waited since f0 filled it: replacements do not move the deadline
+    assert p.deadline() == pytest.approx(0.05)
+    taken = p.take(0.05, wall_now=1e9)  # the newest is never dropped for age
+    assert set(taken.batch[:2]) == {"o0", "f2"} and taken.batch[2:] == ["o1", "o2"]
+    assert taken.superseded == []
+
+
+def test_more_slots_supersede_by_age_only_behind_a_newer_frame() -> None:
+    p: BatchPolicy[str] = BatchPolicy(max_batch=8, max_wait_ms=50, slots_per_camera=3,
+                                      max_frame_age_ms=100)  # fmt: skip
+    p.add("a", "old", now_s=0.0, capture_ts=10.0, droppable=True)
+    p.add("a", "mid", now_s=0.0, capture_ts=10.15, droppable=True)
+    p.add("b", "lone", now_s=0.0, capture_ts=9.0, droppable=True)  # old, but b's newest
     taken = p.take(0.001, wall_now=10.2)
-    assert taken.stale == ["old"] and taken.batch == []
-    assert p.take(0.06, wall_now=10.2).batch == ["new", "offline"]
+    assert taken.superseded == ["old"] and taken.batch == []
+    assert p.take(0.06, wall_now=10.2).batch == ["mid", "lone"]
+    for i in range(5):
+        p.add("a", i, now_s=1.0, capture_ts=20.0, droppable=True)  # type: ignore[arg-type]
+    assert len(p) == 3  # three slots: 0 and 1 were superseded on arrival
+
+
+def test_cameras_are_served_round_robin() -> None:
+    """More cameras than max_batch: the ones left out go first next time, even though the
+    ones served refill their slot with newer frames at once."""
+    p: BatchPolicy[str] = BatchPolicy(max_batch=2, max_wait_ms=0)
+    served: list[str] = []
+    for k in range(6):
+        for cam in "abc":
+            p.add(cam, f"{cam}{k}", now_s=float(k), capture_ts=1.0, droppable=True)
+        served += [item[0] for item in p.take(k + 0.5, 1.0).batch]
+    assert sorted(served) == sorted("abc" * 4)  # 12 slots served, 4 per camera
+
+
+def test_a_full_batch_is_due_at_once() -> None:
+    p: BatchPolicy[int] = BatchPolicy(max_batch=2, max_wait_ms=1000)
+    p.add("a", 1, now_s=5.0, capture_ts=1.0)
+    assert p.deadline() == pytest.approx(6.0)
+    p.add("a", 2, now_s=5.1, capture_ts=1.0)
+    assert p.deadline() == pytest.approx(5.0) and p.ready(5.1)
 
 
 def test_force_and_drain() -> None:
@@ -56,6 +95,8 @@ def test_bad_policy_arguments() -> None:
         BatchPolicy(0, 10)
     with pytest.raises(ValueError, match="max_wait_ms"):
         BatchPolicy(1, -1)
+    with pytest.raises(ValueError, match="slots_per_camera"):
+        BatchPolicy(1, 0, slots_per_camera=0)
 
 
 def test_reorder_in_order_with_tombstones() -> None:

@@ -93,7 +93,7 @@ def item(cam: str, seq: int, value: int, ts: float | None = None) -> ItemMsg:
                    pixels, {"preprocess": 1.0})  # fmt: skip
 
 
-def test_detect_batches_maps_to_source_and_drops_stale() -> None:
+def test_detect_batches_maps_to_source_and_newest_frame_wins() -> None:
     backend = FakeBackend()
     cfg = DetectStageConfig(max_batch=3, max_wait_ms=1000, max_frame_age_ms=100,
                             realtime_cameras=frozenset({"live"}))  # fmt: skip
@@ -101,7 +101,7 @@ def test_detect_batches_maps_to_source_and_drops_stale() -> None:
     stage.setup()
     assert list(stage.process(item("a", 0, 10))) == []  # waits for company
     assert list(stage.process(item("b", 0, 20))) == []
-    out = list(stage.process(item("a", 1, 30)))  # full: one backend call
+    out = list(stage.process(item("a", 1, 30)))  # offline and full: one backend call at once
     assert backend.batches == [3]
     assert [(m.camera_id, m.seq) for m in out if isinstance(m, DetectionsMsg)] == [
         ("a", 0),
@@ -112,15 +112,19 @@ def test_detect_batches_maps_to_source_and_drops_stale() -> None:
     assert isinstance(d, DetectionsMsg) and "detect" in d.stage_ts
     # (20 - pad_left 0, 20 - pad_top 12) / scale 0.4
     np.testing.assert_allclose(d.boxes, [[50, 20, 75, 45]], rtol=1e-6)
-    # a live item older than max_frame_age_ms is dropped; an offline one never
+    # a live item far older than max_frame_age_ms is still detected while it is the newest;
+    # a newer frame of the same camera replaces it (superseded); offline items are never
     old = time.time() - 1.0
-    out = list(stage.process(item("live", 0, 1, ts=old)))
-    assert [(type(m).__name__, getattr(m, "reason", None)) for m in out] == [("DropMsg", "stale")]
+    assert list(stage.process(item("live", 0, 1, ts=old))) == []
+    out = list(stage.process(item("live", 1, 2)))
+    assert [(type(m).__name__, m.seq, getattr(m, "reason", None)) for m in out] == [
+        ("DropMsg", 0, "superseded")
+    ]
     stage.process(item("file", 0, 1, ts=old))
-    stage.config = DetectStageConfig(max_batch=3, max_wait_ms=0)
+    assert list(stage.tick()) == []  # not due before max_wait_ms
     stage.policy.max_wait_s = 0.0
-    (late,) = stage.tick()
-    assert isinstance(late, DetectionsMsg) and late.camera_id == "file"
+    due = list(stage.tick())
+    assert [(m.camera_id, m.seq) for m in due] == [("live", 1), ("file", 0)]
     end = EndMsg("a", 1)
     assert list(stage.process(end)) == [end]
     stage.close()
