@@ -1,9 +1,12 @@
-"""Shared pytest set-up: hardware-dependent markers skip themselves with a reason."""
+"""Shared pytest set-up: hardware-dependent markers skip themselves with a reason; a missing
+service or data set skips locally and fails under CI=true (:func:`require`)."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,35 @@ for sub in ("parity", "detect"):
     p = str(REPO / "tests" / sub)
     if p not in sys.path:
         sys.path.insert(0, p)
+
+
+def ci_strict() -> bool:
+    """True under CI: ``CI=true`` (GitHub Actions and GitLab CI set it; export it elsewhere)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(missing: str | None) -> None:
+    """Stop the test if something it needs is missing; ``missing`` says what (None: nothing).
+
+    For the services and data sets CI provides (redis-server, the GStreamer RTSP server,
+    ``../shared/data``): locally the test is skipped with the reason; under ``CI=true`` it
+    FAILS, because there a missing one means a broken CI machine, and a run that skipped the
+    tests needing it must not report green. Hardware (GPU, TensorRT) and the ``reference`` venv
+    are optional everywhere and skip through markers instead. Tests in other folders get this
+    function through the ``require`` fixture (one definition, no ``from conftest import``).
+    """
+    if missing is None:
+        return
+    if ci_strict():
+        reason = f"{missing} [CI=true: a missing service or data set fails instead of skipping]"
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(missing)
+
+
+@pytest.fixture(scope="session", name="require")
+def require_fixture() -> Callable[[str | None], None]:
+    """:func:`require`, for tests and fixtures in other folders."""
+    return require
 
 
 def _cuda_available() -> bool:
@@ -45,6 +77,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def shared_data() -> Path:
     """The read-only test data folder beside the repository (never copied into it)."""
     path = SHARED / "data"
-    if not path.is_dir():
-        pytest.skip(f"shared test data not found at {path}")
+    require(None if path.is_dir() else f"shared test data not found at {path}")
     return path

@@ -31,10 +31,11 @@ def gst_reason() -> str | None:
 
 
 @pytest.fixture
-def rtsp_factory(gst_reason: str | None) -> Iterator[Callable[..., RtspServer]]:
+def rtsp_factory(
+    gst_reason: str | None, require: Callable[[str | None], None]
+) -> Iterator[Callable[..., RtspServer]]:
     """Start RTSP servers; every one is killed (with its process group) at teardown."""
-    if gst_reason:
-        pytest.skip(gst_reason)
+    require(gst_reason)
     servers: list[RtspServer] = []
 
     def start(*mounts: str, auth: str | None = None) -> RtspServer:

@@ -69,10 +69,9 @@ def test_detect_fps_on_file(camera, clips) -> None:
     assert np.allclose(np.diff(pts), 0.2, atol=1e-6)
 
 
-def test_real_clip_looped(camera) -> None:
+def test_real_clip_looped(camera, require) -> None:
     clip = MEDIA / "car-detection.mp4"
-    if not clip.exists():
-        pytest.skip(f"{clip} not found")
+    require(None if clip.exists() else f"{clip} not found")
     src, sink = camera(str(clip), loop=True, realtime=False, detect_fps=50)
     assert sink.wait_frames(400, 30)  # 377 frames per pass
     assert sink.frames[0].rgb.shape == (432, 768, 3)

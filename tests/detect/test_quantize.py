@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -96,10 +97,9 @@ def test_image_folder_is_read_as_rgb(tmp_path: Path) -> None:
     assert out[0].shape == (20, 30, 3) and tuple(out[0][0, 0]) == (255, 0, 0)
 
 
-def test_video_frames(shared_data: Path) -> None:
+def test_video_frames(shared_data: Path, require: Callable[[str | None], None]) -> None:
     video = shared_data / "media" / "car-detection.mp4"
-    if not video.is_file():
-        pytest.skip(f"{video} missing")
+    require(None if video.is_file() else f"{video} missing")
     out = read_video_frames(video, 4)
     assert len(out) == 4
     assert all(f.dtype == np.uint8 and f.ndim == 3 and f.shape[2] == 3 for f in out)

@@ -28,6 +28,10 @@ MAX_DET = 20  # keeps JSON small: the comparison is per box anyway
 # once, which takes a minute or more on a loaded 2-core machine (seconds on an idle one).
 STARTUP_S = float(os.environ.get("EDGESTREAM_TEST_STARTUP_S", "240"))
 RESUME_S = float(os.environ.get("EDGESTREAM_TEST_RESUME_S", "60"))
+# pytest-timeout for the tests that run a pipeline (pyproject's default is 300 s): above their
+# own bounds (the `reference` subprocess, up to 300 s, plus a run of up to STARTUP_S + 120 s),
+# so that the test's own assertion, which says what it waited for, is what fires.
+PIPELINE_TIMEOUT_S = int(STARTUP_S) + 600
 
 
 @pytest.fixture(scope="session")

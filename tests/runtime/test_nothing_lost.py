@@ -15,7 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import STARTUP_S, VIDEO, box_key, pipeline_config, read_jsonl, start_run, write_config
+from conftest import (
+    PIPELINE_TIMEOUT_S,
+    STARTUP_S,
+    VIDEO,
+    box_key,
+    pipeline_config,
+    read_jsonl,
+    start_run,
+    write_config,
+)
+
+pytestmark = pytest.mark.timeout(PIPELINE_TIMEOUT_S)
 
 CASES = [
     pytest.param(1, 2.0, id="1-camera"),

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import (
+    PIPELINE_TIMEOUT_S,
     RESUME_S,
     STARTUP_S,
     VIDEO,
@@ -25,10 +27,15 @@ from redis_server import REDIS_SERVER, RedisServer
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
+@pytest.mark.timeout(PIPELINE_TIMEOUT_S)
 def test_sigkill_stage_restarts_and_output_resumes(
-    tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any]
+    tmp_path: Path,
+    require: Callable[[str | None], None],
+    shared_data: Path,
+    tiny_onnx: Path,
+    reap: list[Any],
 ) -> None:
+    require(None if REDIS_SERVER else "redis-server not installed (apt-get install redis-server)")
     import redis
 
     server = RedisServer(tmp_path / "redis").start()

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import (
+    PIPELINE_TIMEOUT_S,
     SHM,
     STARTUP_S,
     VIDEO,
@@ -23,6 +25,8 @@ from conftest import (
     wait_for,
     write_config,
 )
+
+pytestmark = pytest.mark.timeout(PIPELINE_TIMEOUT_S)
 
 
 def test_sigterm_exits_zero_no_leftovers(

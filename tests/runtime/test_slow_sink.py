@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    PIPELINE_TIMEOUT_S,
     STARTUP_S,
     VIDEO,
     children_of,
@@ -22,6 +23,8 @@ from conftest import (
     wait_for,
     write_config,
 )
+
+pytestmark = pytest.mark.timeout(PIPELINE_TIMEOUT_S)
 
 
 @pytest.mark.slow

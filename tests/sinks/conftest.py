@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +59,10 @@ def validators() -> dict[str, Any]:
     return out
 
 
-def _require_redis() -> None:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server not installed (apt-get install redis-server)")
-
-
 @pytest.fixture
-def redis_factory(tmp_path: Path) -> Iterator[Any]:
+def redis_factory(tmp_path: Path, require: Callable[[str | None], None]) -> Iterator[Any]:
     """Starts servers on demand (``redis_factory(**kwargs)``); stops every one afterwards."""
-    _require_redis()
+    require(None if REDIS_SERVER else "redis-server not installed (apt-get install redis-server)")
     started: list[RedisServer] = []
 
     def start(**kwargs: Any) -> RedisServer:

@@ -6,6 +6,7 @@ Slow (runs every tracker over ~3000 frames and TrackEval); CI runs it, ``-m 'not
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,18 +23,17 @@ IDF1_FLOOR = 57.0
 PEERS = ("trackers", "supervision")
 
 
-def _mot17(shared_data: Path) -> Path:
+def _mot17(shared_data: Path, require: Callable[[str | None], None]) -> Path:
     data = shared_data / "mot17"
-    if not data.is_dir():
-        pytest.skip(f"MOT17 sequences not found at {data}")
+    require(None if data.is_dir() else f"MOT17 sequences not found at {data}")
     if importlib.util.find_spec("trackeval") is None:
         pytest.skip("trackeval is not installed (pip install trackeval)")
     return data
 
 
 @pytest.fixture(scope="module")
-def with_peers(shared_data: Path) -> Evaluation:
-    data = _mot17(shared_data)
+def with_peers(shared_data: Path, require: Callable[[str | None], None]) -> Evaluation:
+    data = _mot17(shared_data, require)
     missing = [p for p in PEERS if importlib.util.find_spec(p) is None]
     if missing:
         pytest.skip(
@@ -43,8 +43,8 @@ def with_peers(shared_data: Path) -> Evaluation:
     return evaluate(data, include_peers=True)
 
 
-def test_edgestream_floors(shared_data: Path) -> None:
-    ev = evaluate(_mot17(shared_data), include_peers=False)
+def test_edgestream_floors(shared_data: Path, require: Callable[[str | None], None]) -> None:
+    ev = evaluate(_mot17(shared_data, require), include_peers=False)
     ours = ev.combined["edgestream"]
     assert ours.hota >= HOTA_FLOOR, ours
     assert ours.idf1 >= IDF1_FLOOR, ours
