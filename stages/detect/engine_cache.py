@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from stages.detect.describe import class_names_from_metadata
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "int8", "best"]
@@ -525,14 +527,7 @@ class OnnxFacts:
 
     @property
     def class_names(self) -> list[str]:
-        raw = self.metadata.get("class_names")
-        if not raw:
-            return []
-        try:
-            names = json.loads(raw)
-        except json.JSONDecodeError:
-            names = raw.split(",")
-        return [str(n) for n in names]
+        return class_names_from_metadata(self.metadata)
 
 
 _ONNX_DTYPES = {1: "float32", 10: "float16", 2: "uint8", 16: "bfloat16"}

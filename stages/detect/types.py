@@ -77,12 +77,22 @@ class LetterboxMeta:
 
 @dataclass
 class ModelInfo:
-    """What a weights file says about itself (all optional in the file)."""
+    """What a weights file says about itself (all optional in the file).
+
+    `stages.detect.describe.describe` fills every field it can read; a backend fills the
+    first four. format: "torch" | "safetensors" | "onnx" | "tensorrt". backend: the one that
+    runs this format ("torch" | "onnxruntime" | "tensorrt"; None for an ONNX that only a
+    TensorRT engine built from it runs). nms: in-graph NMS of an export or engine ("none" |
+    "onnx" | "tensorrt"; None for checkpoints, whose NMS always runs outside).
+    """
 
     arch: str | None = None
     num_classes: int | None = None
     class_names: list[str] = field(default_factory=list)
     input_hw: tuple[int, int] = (640, 640)
+    format: str | None = None
+    backend: str | None = None
+    nms: str | None = None
 
 
 class Backend(Protocol):

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from stages.detect.describe import ModelFileError, sniff
 from stages.detect.nn import ARCHS, YoloNAS
 from stages.detect.types import ModelInfo
 
@@ -39,7 +40,7 @@ _CLS_PRED = ".cls_pred."
 _SAFETENSORS_FORMAT = "edgestream-yolo-nas"
 
 
-class WeightsError(ValueError):
+class WeightsError(ModelFileError):
     """A weights file that cannot be used, with a message that says why and what to do."""
 
 
@@ -49,22 +50,11 @@ class WeightsError(ValueError):
 
 
 def _sniff(path: Path) -> str:
-    """The file's kind from its first bytes: torch-zip, torch-legacy, safetensors, onnx, json."""
-    with path.open("rb") as f:
-        head = f.read(16)
-    if not head:
-        raise WeightsError(f"{path}: the file is empty")
-    if head.startswith(b"PK\x03\x04"):
-        return "torch-zip"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "torch-legacy"
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "json"
-    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":
-        return "onnx?"
-    return "unknown"
+    """The file's kind from its first bytes (`stages.detect.describe.sniff`)."""
+    try:
+        return sniff(path)
+    except ModelFileError as e:  # an empty file
+        raise WeightsError(str(e)) from None
 
 
 def _looks_like_onnx(path: Path) -> bool:

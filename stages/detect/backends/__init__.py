@@ -11,8 +11,10 @@ Which one to use:
   without ``cuda_graphs``.
 * ``onnxruntime``: an `export_onnx` file (.onnx); the fastest CPU path; CUDA provider when the
   onnxruntime-gpu build is installed.
-* ``tensorrt``: a serialized engine (.engine/.plan) built from an export; the fastest on NVIDIA.
-* ``auto``: by file suffix: .onnx -> onnxruntime, .engine/.plan -> tensorrt, else torch.
+* ``tensorrt``: a serialized engine (.engine/.plan/.trt) built from an export; the fastest on
+  NVIDIA.
+* ``auto``: by file suffix (`backend_for_path`): .onnx -> onnxruntime, .engine/.plan/.trt ->
+  tensorrt, else torch. `stages.detect.describe.describe` tells what a file really holds.
 """
 
 from __future__ import annotations
@@ -20,23 +22,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from stages.detect.describe import backend_for_path, config_mismatch
 from stages.detect.types import Backend, NMSParams
+
+__all__ = ["BackendError", "BackendName", "backend_for_path", "open_backend"]
 
 BackendName = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 
 
 class BackendError(ValueError):
     """The backend asked for cannot open these weights as configured."""
-
-
-def backend_for_path(weights: str | Path) -> Literal["torch", "onnxruntime", "tensorrt"]:
-    """The backend ``auto`` picks for a weights file, from its suffix alone."""
-    suffix = Path(weights).suffix.lower()
-    if suffix == ".onnx":
-        return "onnxruntime"
-    if suffix in (".engine", ".plan"):
-        return "tensorrt"
-    return "torch"
 
 
 def _ort_providers(device: str) -> list[str]:
@@ -49,15 +44,10 @@ def _ort_providers(device: str) -> list[str]:
 
 def _check_classes(backend: Backend, arch: str | None, num_classes: int | None) -> None:
     """Refuse a file that contradicts the configuration (arch or class count)."""
-    info = backend.info
-    if num_classes is not None and info.num_classes is not None and num_classes != info.num_classes:
+    problem = config_mismatch(backend.info, arch=arch, num_classes=num_classes)
+    if problem is not None:
         backend.close()
-        raise BackendError(
-            f"the model has {info.num_classes} classes but num_classes={num_classes} was asked"
-        )
-    if arch is not None and info.arch and arch != info.arch:
-        backend.close()
-        raise BackendError(f"the model is {info.arch} but arch={arch!r} was asked")
+        raise BackendError(problem)
 
 
 def open_backend(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stages.detect.describe import info_from_onnx_metadata
 from stages.detect.postprocess import postprocess
 from stages.detect.preprocess import to_float
 from stages.detect.types import Detections, ModelInfo, NMSParams
@@ -179,22 +180,11 @@ class OnnxRuntimeBackend:
             self._num_classes_from_graph = None
 
     def _model_info(self) -> ModelInfo:
-        meta = self._metadata
-        names: list[str] = []
-        if meta.get("class_names"):
-            try:
-                names = [str(n) for n in json.loads(meta["class_names"])]
-            except (json.JSONDecodeError, TypeError):
-                names = meta["class_names"].split(",")
-        num_classes = self._num_classes_from_graph
-        if meta.get("num_classes", "").isdigit():
-            num_classes = int(meta["num_classes"])
-        return ModelInfo(
-            arch=meta.get("arch") or None,
-            num_classes=num_classes or (len(names) or None),
-            class_names=names,
-            input_hw=self.input_hw,
+        info = info_from_onnx_metadata(
+            self._metadata, input_hw=self.input_hw, num_classes=self._num_classes_from_graph
         )
+        info.nms = "none" if self.layout == "raw" else "onnx"
+        return info
 
     def _check_nms_params(self) -> None:
         if self.layout != "nms":

@@ -1,0 +1,334 @@
+"""What a weights file is, read once and without building the network: ``describe(path)``.
+
+`describe` returns the file's `ModelInfo`: its format (from the content, not the name; only a
+TensorRT engine, which has no portable signature, is known by its suffix), what it says about
+itself (arch, class count and names, input size, in-graph NMS) and the backend that runs it.
+Whatever can be seen wrong without running the file is a `ModelFileError` whose message names
+the file and the problem: not a model at all (a README, a JSON config), empty or truncated, a
+checkpoint of another network, an ONNX graph that is not a YOLO-NAS export, an engine whose
+sidecar records another size. `config_mismatch` then says whether a configuration (backend,
+arch, class count, class names) can run what was described.
+
+The supervisor calls both once, before it starts any process, and hands the `ModelInfo` to
+the workers (`pipeline.procs.model_info_of`), so a bad file is refused in about a second with
+one message instead of being found late, several times, by each stage process.
+
+Cost by format: a text or otherwise unknown file, 16 bytes (torch is not imported); ONNX, one
+protobuf parse (no ONNX Runtime session); a checkpoint, ``torch.load`` with mmap plus a
+comparison of keys and shapes with the architecture built on the meta device (no memory);
+safetensors, one read; an engine, its size and its JSON sidecar (no GPU, no TensorRT).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from stages.detect.types import ModelInfo
+
+BackendChoice = Literal["torch", "onnxruntime", "tensorrt"]
+Format = Literal["torch", "safetensors", "onnx", "tensorrt"]
+
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+"""Serialized TensorRT engines: no magic bytes to tell them by, so the suffix decides."""
+RUNS: dict[str, tuple[str, ...]] = {
+    "torch": ("torch", "safetensors"),
+    "onnxruntime": ("onnx",),
+    "tensorrt": ("tensorrt",),
+}
+"""The formats each backend opens."""
+_ONNX_RAW = {"boxes", "scores"}
+_ONNX_NMS = {"num_dets", "det_boxes", "det_scores", "det_classes"}
+_KIND_WORDS = {
+    "torch-zip": "a PyTorch checkpoint",
+    "torch-legacy": "a PyTorch checkpoint",
+    "safetensors": "a safetensors file",
+    "json": "a JSON file",
+    "onnx?": "an ONNX model",
+}
+
+
+_FORMAT_WORDS = {
+    "torch": "a PyTorch checkpoint",
+    "safetensors": "a safetensors file",
+    "onnx": "an ONNX model",
+    "tensorrt": "a TensorRT engine",
+}
+
+
+class ModelFileError(ValueError):
+    """A weights file that cannot be used; the message starts with the file's path."""
+
+
+def backend_for_path(weights: str | Path) -> BackendChoice:
+    """The backend ``backend: auto`` picks, from the file's suffix alone: .onnx ->
+    onnxruntime, .engine/.plan/.trt -> tensorrt, anything else -> torch."""
+    suffix = Path(weights).suffix.lower()
+    if suffix == ".onnx":
+        return "onnxruntime"
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    return "torch"
+
+
+def sniff(path: Path) -> str:
+    """The file's kind from its first bytes: ``torch-zip``, ``torch-legacy``,
+    ``safetensors``, ``json``, ``onnx?`` (a protobuf that may be ONNX) or ``unknown``.
+    Raises `ModelFileError` for an empty file."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if not head:
+        raise ModelFileError(f"{path}: the file is empty")
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch-legacy"
+    if len(head) >= 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
+        return "safetensors"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "json"
+    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ModelProto field 1: ir_version
+        return "onnx?"
+    return "unknown"
+
+
+def _is_text(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(4096)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a multi-byte character cut at 4096 is still text
+        return e.start >= len(head) - 3 and b"\0" not in head
+    return b"\0" not in head
+
+
+def _is_json(path: Path) -> bool:
+    if path.stat().st_size > 1 << 20:
+        return False
+    try:
+        json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def describe(path: str | Path) -> ModelInfo:
+    """The `ModelInfo` of the weights file at ``path`` (format, arch, classes, input size,
+    backend), or a `ModelFileError` that names the file and what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(
+            f"{path}: no such file" if not path.exists() else f"{path}: not a file"
+        )
+    kind = sniff(path)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return _describe_engine(path, kind)
+    if kind in ("torch-zip", "torch-legacy", "safetensors"):
+        return _describe_checkpoint(path, kind)
+    if kind == "onnx?":
+        return _describe_onnx(path)
+    what = "a text file" if _is_text(path) else "a file of unknown content"
+    if kind == "json":
+        what = "a JSON file" if _is_json(path) else what
+    raise ModelFileError(
+        f"{path}: this is {what}, not model weights (a PyTorch checkpoint .pt/.pth, "
+        ".safetensors, an ONNX export or a TensorRT engine .engine/.plan/.trt)"
+    )
+
+
+def config_mismatch(
+    info: ModelInfo,
+    *,
+    backend: str = "auto",
+    weights: str | Path | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> str | None:
+    """Why a configuration cannot run the model ``info`` describes (None: it can).
+
+    backend: the configured backend; "auto" picks by ``weights``' suffix (`backend_for_path`)
+        and then has to agree with the content. arch / num_classes / class_names: what the
+        configuration asks for, checked against what the file says (unknowns pass).
+    """
+    auto = backend == "auto" and weights is not None
+    if auto and weights is not None:
+        backend = backend_for_path(weights)
+    if info.format is not None and backend in RUNS and info.format not in RUNS[backend]:
+        how = " (auto picks by the file suffix)" if auto else ""
+        fix = f"backend: {info.backend}" if info.backend else "another backend"
+        return (
+            f"this is {_FORMAT_WORDS.get(info.format, info.format)}, which the {backend} "
+            f"backend{how} cannot run: set {fix}"
+            + (", or give the file its usual suffix" if how else "")
+        )
+    if backend == "onnxruntime" and info.nms == "tensorrt":
+        return (
+            "this ONNX ends in the TensorRT EfficientNMS_TRT plugin, which ONNX Runtime cannot "
+            "run: build a TensorRT engine from it, or export with nms='none' or nms='onnx'"
+        )
+    if num_classes is not None and info.num_classes is not None and num_classes != info.num_classes:
+        return f"the model has {info.num_classes} classes but num_classes={num_classes} was asked"
+    if arch is not None and info.arch and arch != info.arch:
+        return f"the model is {info.arch} but arch={arch!r} was asked"
+    if class_names and info.num_classes is not None and len(class_names) != info.num_classes:
+        return f"{len(class_names)} class_names were given for a {info.num_classes}-class model"
+    return None
+
+
+# ------------------------------------------------------------------------------ metadata
+
+
+def class_names_from_metadata(meta: Mapping[str, str]) -> list[str]:
+    """``class_names`` of an export's or a sidecar's string metadata: a JSON list, or (older
+    files) comma-separated."""
+    raw = meta.get("class_names")
+    if not raw:
+        return []
+    try:
+        names = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw.split(",")
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def info_from_onnx_metadata(
+    meta: Mapping[str, str], *, input_hw: tuple[int, int], num_classes: int | None = None
+) -> ModelInfo:
+    """`ModelInfo` of an ONNX export from its ``metadata_props`` (see
+    `stages.detect.export.METADATA_KEYS`); ``input_hw`` and ``num_classes`` come from the
+    graph, the metadata's class count wins when it has one."""
+    names = class_names_from_metadata(meta)
+    if meta.get("num_classes", "").isdigit():
+        num_classes = int(meta["num_classes"])
+    return ModelInfo(
+        arch=meta.get("arch") or None,
+        num_classes=num_classes or (len(names) or None),
+        class_names=names,
+        input_hw=input_hw,
+        format="onnx",
+        backend="onnxruntime",
+        nms=meta.get("nms") or None,
+    )
+
+
+# ------------------------------------------------------------------------------ formats
+
+
+def _describe_checkpoint(path: Path, kind: str) -> ModelInfo:
+    from stages.detect import weights as w
+
+    sd, info = w.read_weights(path)  # WeightsError (a ValueError) names the file and problem
+    if w.CLS_KEY not in sd:
+        raise w._arch_error(path, sd, None)
+    arch = info.arch if info.arch in w.ARCHS and not any(w._mismatch(sd, info.arch)) else None
+    arch = arch or w.infer_arch(sd)
+    if arch is None:
+        raise w._arch_error(path, sd, None)
+    n = int(sd[w.CLS_KEY].shape[0])
+    names = info.class_names if len(info.class_names) == n else []
+    fmt: Format = "safetensors" if kind == "safetensors" else "torch"
+    return ModelInfo(arch, n, names, info.input_hw, format=fmt, backend="torch")
+
+
+def _describe_onnx(path: Path) -> ModelInfo:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        if _is_text(path):
+            raise ModelFileError(f"{path}: this is a text file, not an ONNX model") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFileError(
+            f"{path}: not a readable ONNX model, truncated or corrupt ({first}); copy or "
+            "export it again"
+        ) from e
+    graph = proto.graph
+    if not graph.node or not graph.output or not proto.opset_import:
+        raise ModelFileError(f"{path}: an ONNX file without a whole graph (truncated?)")
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ModelFileError(
+            f"{path}: {len(inputs)} inputs {[i.name for i in inputs]}; a YOLO-NAS export has "
+            "one (images)"
+        )
+    dims = _dims(inputs[0])
+    if len(dims) != 4 or dims[1] != 3:
+        raise ModelFileError(
+            f"{path}: input {inputs[0].name} has shape {dims}; expected (B, 3, H, W)"
+        )
+    h, w = dims[2], dims[3]
+    if not isinstance(h, int) or not isinstance(w, int):
+        raise ModelFileError(f"{path}: the input's H/W must be fixed, got {dims[2:]}")
+    outputs = {o.name: o for o in graph.output}
+    ops = {n.op_type for n in graph.node}
+    num_classes: int | None = None
+    if set(outputs) == _ONNX_RAW:
+        nms = "none"
+        scores = _dims(outputs["scores"])
+        num_classes = scores[-1] if scores and isinstance(scores[-1], int) else None
+    elif set(outputs) == _ONNX_NMS:
+        nms = "tensorrt" if "EfficientNMS_TRT" in ops else "onnx"
+    else:
+        raise ModelFileError(
+            f"{path}: outputs {sorted(outputs)} are not a YOLO-NAS export's: expected "
+            f"{sorted(_ONNX_RAW)} (nms='none') or {sorted(_ONNX_NMS)} (in-graph NMS)"
+        )
+    _check_external_data(path, graph)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    info = info_from_onnx_metadata(meta, input_hw=(h, w), num_classes=num_classes)
+    info.nms = nms
+    if nms == "tensorrt":
+        info.backend = None  # only a TensorRT engine built from it runs
+    return info
+
+
+def _dims(value_info: Any) -> list[int | str]:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
+
+
+def _check_external_data(path: Path, graph: Any) -> None:
+    """Weights stored beside the .onnx (models over 2 GB) must be there."""
+    for init in graph.initializer:
+        if init.data_location == 1:  # TensorProto.EXTERNAL
+            where = {e.key: e.value for e in init.external_data}.get("location", "")
+            if not (path.parent / where).is_file():
+                raise ModelFileError(
+                    f"{path}: its weights are stored in {where!r} beside it, which is missing"
+                )
+
+
+def _describe_engine(path: Path, kind: str) -> ModelInfo:
+    from stages.detect.engine_cache import MIN_ENGINE_BYTES, read_sidecar
+
+    if kind in _KIND_WORDS:
+        raise ModelFileError(
+            f"{path}: named like a TensorRT engine but it is {_KIND_WORDS[kind]}; build an "
+            "engine with `edgestream build-engine MODEL.onnx`, or name the file after what it is"
+        )
+    size = path.stat().st_size
+    if size < MIN_ENGINE_BYTES:
+        raise ModelFileError(f"{path}: {size} bytes is too small for a TensorRT engine")
+    try:
+        sidecar = read_sidecar(path)
+    except (OSError, ValueError):  # none, or unreadable: the backend warns and runs without
+        return ModelInfo(format="tensorrt", backend="tensorrt")
+    if sidecar.engine_bytes and sidecar.engine_bytes != size:
+        raise ModelFileError(
+            f"{path}: {size} bytes but its sidecar records {sidecar.engine_bytes}: the engine "
+            "is truncated or was replaced; copy or build it again"
+        )
+    return ModelInfo(
+        arch=sidecar.arch,
+        num_classes=sidecar.num_classes or (len(sidecar.class_names) or None),
+        class_names=list(sidecar.class_names),
+        input_hw=(int(sidecar.key.input_hw[0]), int(sidecar.key.input_hw[1])),
+        format="tensorrt",
+        backend="tensorrt",
+        nms=sidecar.nms,
+    )
