@@ -776,7 +776,8 @@ class RedisSection(_Strict):
         default=100_000,
         ge=1,
         le=100_000_000,
-        description="Outage buffer in messages (1..1e8); when full the oldest is dropped, counted.",
+        description="Outage buffer in messages (1..1e8); when full, the oldest result of a live "
+        "camera is dropped (counted) and realtime: false cameras wait for room.",
     )
     max_buffer_bytes: int = Field(
         default=256 * 1024 * 1024,

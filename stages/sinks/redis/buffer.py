@@ -32,6 +32,8 @@ class Item:
     enqueued_s: float
     entry_id: str = ""
     nbytes: int = field(default=0)
+    result: bool = False  # a frame's detections message (not a track event)
+    keep: bool = False  # of an offline camera: never dropped to make room (see OutageBuffer)
 
 
 class EntryIds:
@@ -70,6 +72,13 @@ class OutageBuffer:
     ``dropped`` count messages a consumer actually got. If no fresh entry is left to drop, the
     new entry is dropped instead. Either way the caller gets the dropped entries to count, and
     a dropped entry is one that never reached Redis.
+
+    Entries marked ``keep`` (results of offline cameras) are never dropped to make room:
+    `make_room` skips them, and the caller of `put` for a kept entry first waits until `full`
+    is false (the sink holds the pipeline instead of losing results). ``put(...,
+    evict_kept=True)`` lifts that protection (the sink gave up waiting). ``held`` /
+    ``held_results`` / ``held_kept_results`` count what the buffer holds (queued, retried, in
+    flight): messages, frames' detections messages, and those of kept entries.
     """
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
@@ -80,6 +89,10 @@ class OutageBuffer:
         self.queued_bytes = 0
         self.inflight_messages = 0
         self.inflight_bytes = 0
+        self.queue_kept = 0  # kept entries in ``queue`` (not in retry or in flight)
+        self.held_kept = 0
+        self.held_results = 0
+        self.held_kept_results = 0
 
     @property
     def queued(self) -> int:
@@ -94,28 +107,49 @@ class OutageBuffer:
     def nbytes(self) -> int:
         return self.queued_bytes + self.inflight_bytes
 
-    def put(self, item: Item) -> list[Item]:
-        """Appends ``item``; returns what was dropped to make room (maybe ``[item]``)."""
+    def full(self, item: Item) -> bool:
+        """Whether ``item`` does not fit now. An empty buffer takes a kept entry of any size
+        (waiting for room could never end)."""
+        if item.keep and self.messages == 0:
+            return False
+        return self.messages + 1 > self.max_messages or self.nbytes + item.nbytes > self.max_bytes
+
+    def make_room(self, item: Item, evict_kept: bool = False) -> list[Item]:
+        """Drops the oldest fresh entries (not kept ones, unless ``evict_kept``) until ``item``
+        fits or none is left to drop; returns the dropped ones (already removed)."""
         dropped: list[Item] = []
-        while self.queue and (
-            self.messages + 1 > self.max_messages or self.nbytes + item.nbytes > self.max_bytes
-        ):
-            old = self.queue.popleft()
-            self.queued_bytes -= old.nbytes
+        while self.full(item):
+            old = self._evict(evict_kept)
+            if old is None:
+                break
             dropped.append(old)
-        if self.messages + 1 > self.max_messages or self.nbytes + item.nbytes > self.max_bytes:
+        return dropped
+
+    def put(self, item: Item, evict_kept: bool = False) -> list[Item]:
+        """Appends ``item``; returns what was dropped to make room (maybe ``[item]``)."""
+        dropped = self.make_room(item, evict_kept)
+        if self.full(item):
             dropped.append(item)
             return dropped
+        self.append(item)
+        return dropped
+
+    def append(self, item: Item) -> None:
+        """Appends ``item`` without checking the bounds (the caller checked `full`)."""
         self.queue.append(item)
         self.queued_bytes += item.nbytes
-        return dropped
+        self.queue_kept += item.keep
+        self._tally(item, 1)
 
     def take(self, n: int) -> list[Item]:
         """Moves up to ``n`` entries from the head (retried entries first) into flight."""
         batch: list[Item] = []
         for source in (self.retry, self.queue):
             while source and len(batch) < n:
-                batch.append(source.popleft())
+                item = source.popleft()
+                if source is self.queue:
+                    self.queue_kept -= item.keep
+                batch.append(item)
         nbytes = sum(i.nbytes for i in batch)
         self.queued_bytes -= nbytes
         self.inflight_messages += len(batch)
@@ -126,13 +160,47 @@ class OutageBuffer:
         """The flight of ``batch`` ended (written, duplicate or dropped)."""
         self.inflight_messages -= len(batch)
         self.inflight_bytes -= sum(i.nbytes for i in batch)
+        for item in batch:
+            self._tally(item, -1)
 
     def requeue(self, batch: list[Item]) -> None:
         """Puts in-flight entries back at the head, in their order, to be retried first."""
-        self.done(batch)
+        self.inflight_messages -= len(batch)
+        self.inflight_bytes -= sum(i.nbytes for i in batch)
         self.retry.extendleft(reversed(batch))
         self.queued_bytes += sum(i.nbytes for i in batch)
+
+    def clear(self) -> list[Item]:
+        """Empties the buffer (nothing may be in flight); returns what it held."""
+        items = [*self.retry, *self.queue]
+        self.retry.clear()
+        self.queue.clear()
+        self.queued_bytes = self.queue_kept = 0
+        for item in items:
+            self._tally(item, -1)
+        return items
 
     def oldest_enqueued_s(self) -> float | None:
         head = self.retry or self.queue
         return head[0].enqueued_s if head else None
+
+    def _evict(self, evict_kept: bool) -> Item | None:
+        if not self.queue:
+            return None
+        if evict_kept or not self.queue_kept:
+            old = self.queue.popleft()
+        elif self.queue_kept == len(self.queue):
+            return None
+        else:  # the oldest entry that is not kept
+            at = next(i for i, it in enumerate(self.queue) if not it.keep)
+            old = self.queue[at]
+            del self.queue[at]
+        self.queued_bytes -= old.nbytes
+        self.queue_kept -= old.keep
+        self._tally(old, -1)
+        return old
+
+    def _tally(self, item: Item, sign: int) -> None:
+        self.held_kept += sign * item.keep
+        self.held_results += sign * item.result
+        self.held_kept_results += sign * (item.result and item.keep)

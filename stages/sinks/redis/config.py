@@ -57,7 +57,13 @@ class RedisSinkConfig:
         doubling from min to max, with +-20 % jitter so many edge boxes do not reconnect in
         lockstep. After an outage, the buffer is written within about max of this.
     close_timeout_s: how long ``close()`` keeps trying to write what is buffered; what is left
-        is counted as ``dropped["shutdown"]``.
+        is counted as ``dropped["shutdown"]``. Results of offline cameras are waited for
+        without this limit at the end of a run, and for this long after a stop request.
+    give_up_after_s: offline cameras (``realtime: false``) lose nothing to an outage: the sink
+        holds the pipeline while its buffer is full and the run ends once every result is
+        written. After an outage of this many seconds it gives up holding: offline results are
+        then buffered like live ones, what is lost is counted (``dropped["gave_up"]``) and the
+        run exits non-zero. None: never give up (wait for Redis as long as it takes).
     """
 
     url: str = "redis://localhost:6379/0"
@@ -85,6 +91,7 @@ class RedisSinkConfig:
     reconnect_backoff_min_s: float = 0.1
     reconnect_backoff_max_s: float = 5.0
     close_timeout_s: float = 5.0
+    give_up_after_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -113,6 +120,8 @@ class RedisSinkConfig:
             raise ValueError("reconnect_backoff_max_s must be >= reconnect_backoff_min_s")
         if self.close_timeout_s < 0:
             raise ValueError("close_timeout_s must be >= 0")
+        if self.give_up_after_s is not None and self.give_up_after_s <= 0:
+            raise ValueError(f"give_up_after_s must be > 0 or None, got {self.give_up_after_s}")
         tls_files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
         if any(f is not None for f in tls_files) and not self.url.startswith("rediss://"):
             raise ValueError("tls_* files are set but the url is not rediss://")

@@ -12,10 +12,22 @@ flusher's CPU (pipelining, reply parsing) competes with the caller's, measured b
 ``tests/bench/bench_redis_sink.py``.
 
 Delivery: per stream, entries are written in the order ``process()`` saw them, each exactly
-once (deterministic entry ids, see `stages.sinks.redis.buffer`). When the buffer bound is hit,
-the oldest queued entries are dropped, counted in ``dropped["buffer_full"]`` and logged. PUBLISH
-notifications and the latest-state hash are best effort: a retried flush may PUBLISH twice
-(subscribers can deduplicate on ``msg_id``) and they are not retried on their own errors.
+once (deterministic entry ids, see `stages.sinks.redis.buffer`). PUBLISH notifications and the
+latest-state hash are best effort: a retried flush may PUBLISH twice (subscribers can
+deduplicate on ``msg_id``) and they are not retried on their own errors.
+
+Outages: the sink retries with backoff and logs once per state change (down, holding the
+pipeline, given up, up again). What happens to results depends on their camera:
+
+* live cameras (the default): when the buffer bound is hit, the oldest queued entries are
+  dropped, counted in ``dropped["buffer_full"]`` and logged; ``process()`` never waits.
+* offline cameras (``lossless(camera)`` true: ``realtime: false``): nothing is dropped.
+  ``process()`` waits for room in the buffer, which holds the pipeline upstream (its offline
+  sends block), and ``close()`` returns only once every entry is written. Two things end the
+  wait, and what is then lost is counted (``lost_offline_results``): ``stop_requested()``
+  (SIGTERM: ``close()`` keeps trying for ``close_timeout_s``) and an outage longer than
+  ``give_up_after_s`` (from then on offline results are buffered like live ones until Redis
+  is back).
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -38,7 +51,7 @@ from stages.sinks.redis.connection import Connection, connect, describe_error
 
 log = logging.getLogger("edgestream.sinks.redis")
 
-DROP_REASONS = ("buffer_full", "shutdown", "rejected")
+DROP_REASONS = ("buffer_full", "shutdown", "rejected", "gave_up")
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
 _LOG_EVERY_S = 5.0
 
@@ -53,23 +66,47 @@ class RedisSink:
     Counters (also in `stats()`): ``published`` detections entries and ``events_published``
     track-event entries written; ``duplicates``: entries a retried flush found already written
     (not written again); ``dropped[reason]``: ``buffer_full``, ``shutdown`` (left at close),
-    ``rejected`` (Redis refused that one entry, e.g. WRONGTYPE); ``reconnects``: recoveries
-    after a failure; ``connection_errors``: failed attempts; ``clamped_ids`` /
-    ``reassigned_ids``: entries whose id could not be their capture time (clock went back).
+    ``rejected`` (Redis refused that one entry, e.g. WRONGTYPE), ``gave_up`` (offline
+    results dropped after ``give_up_after_s``); ``reconnects``: recoveries after a failure;
+    ``connection_errors``: failed attempts; ``clamped_ids`` / ``reassigned_ids``: entries
+    whose id could not be their capture time (clock went back). Results (a frame's detections
+    message; track events not counted): ``lost_results`` will never be written,
+    ``held_results`` are buffered now, and ``lost_offline_results`` / ``held_offline_results``
+    are those of offline cameras.
+
+    lossless: camera id -> whether its results must not be dropped (offline cameras); None:
+        every camera is live.
+    stop_requested: polled while ``process()`` or ``close()`` wait for Redis; true ends the
+        wait (a SIGTERM of the run).
     """
 
-    def __init__(self, config: RedisSinkConfig | None = None) -> None:
+    name = "redis"
+
+    def __init__(
+        self,
+        config: RedisSinkConfig | None = None,
+        lossless: Callable[[str], bool] | None = None,
+        stop_requested: Callable[[], bool] | None = None,
+    ) -> None:
         self.config = config or RedisSinkConfig()
         cfg = self.config
+        self._lossless = lossless or (lambda _camera: False)
+        self._stop_requested = stop_requested or (lambda: False)
         self._buffer = OutageBuffer(cfg.max_buffer_messages, cfg.max_buffer_bytes)
         self._ids = EntryIds()
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)  # the flusher waits for work on it
+        self._room = threading.Condition(self._lock)  # process() waits for room on it
         self._stop = threading.Event()
-        self._close_deadline = 0.0
+        self._closing = False
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
         self._connected = False
         self._down_since: float | None = None
+        self._gave_up = False
+        self._holding = False
+        self.lost_results = 0
+        self.lost_offline_results = 0
         self._last_drop_log = 0.0
         self._last_aux_log = 0.0
         self.published = 0
@@ -98,52 +135,127 @@ class RedisSink:
         self._thread.start()
 
     def process(self, frame: FrameResult) -> None:
-        """Enqueues the frame's detections message and its track events. Never blocks on I/O."""
+        """Enqueues the frame's detections message and its track events. Never blocks on I/O;
+        for an offline camera it waits while the buffer is full (see the module doc)."""
         cfg = self.config
         now = time.monotonic()
         ms = int(frame.capture_ts * 1000)
+        keep = self._lossless(frame.camera)
         items: list[Item] = []
         for n, pending in enumerate(encode_frame(frame)):
-            if pending.kind == DETECTIONS_TYPE:
+            is_det = pending.kind == DETECTIONS_TYPE
+            if is_det:
                 key, seq = cfg.key_template.format(camera=frame.camera), frame.frame_id
             elif cfg.events_key_template is not None:
                 key, seq = cfg.events_key_template.format(camera=frame.camera), n - 1
             else:
                 continue
-            items.append(Item(pending, key, ms, seq, now, nbytes=pending.nbytes))
+            items.append(Item(pending, key, ms, seq, now, nbytes=pending.nbytes,
+                              result=is_det, keep=keep))  # fmt: skip
         dropped: list[Item] = []
         with self._cond:
-            was_empty = not self._buffer.queued
+            wake = False  # the flusher may be waiting without a deadline for an empty queue
             for item in items:
                 self._ids.assign(item)
-                dropped += self._buffer.put(item)
+                if item.keep and not self._gave_up:
+                    dropped += self._buffer.make_room(item)
+                    if not self._buffer.full(item) or self._wait_for_room(item, dropped):
+                        wake |= not self._buffer.queued
+                        self._buffer.append(item)
+                        continue
+                    if not self._gave_up:  # stopping: this one cannot be buffered
+                        self._count_lost([item], "shutdown")
+                        continue
+                wake |= not self._buffer.queued
+                dropped += self._buffer.put(item, evict_kept=self._gave_up)
             if dropped:
-                self.dropped["buffer_full"] += len(dropped)
-            if was_empty or self._buffer.queued >= cfg.max_batch_messages:
+                self._count_lost([i for i in dropped if not i.keep], "buffer_full")
+                self._count_lost([i for i in dropped if i.keep], "gave_up")
+            if wake or self._buffer.queued >= cfg.max_batch_messages:
                 self._cond.notify()
         if dropped:
             self._log_drops(len(dropped))
 
+    def _wait_for_room(self, item: Item, dropped: list[Item]) -> bool:
+        """With the lock held: waits until ``item`` (kept) fits; False when the wait ends
+        first (stop requested, or the sink gave up). Entries it drops go to ``dropped``. A
+        Redis slower than the pipeline holds it silently, like any blocking edge; an outage
+        is logged (once)."""
+        while self._buffer.full(item):
+            self._check_give_up()
+            if self._gave_up or self._stop.is_set() or self._stop_requested():
+                return False
+            if not self._holding and self._down_since is not None:  # once per outage
+                self._holding = True
+                log.warning(
+                    "redis sink buffer full (%d messages, %d bytes) while %s is down: holding "
+                    "the pipeline until it is back (offline results are never dropped)",
+                    self._buffer.messages,
+                    self._buffer.nbytes,
+                    self._display_url(),
+                )
+            self._cond.notify()
+            self._room.wait(0.1)
+            dropped += self._buffer.make_room(item)
+        return True
+
     def close(self) -> None:
-        """Writes what is buffered for up to ``close_timeout_s``, then stops the flusher."""
+        """Writes what is buffered, then stops the flusher. Results of offline cameras are
+        waited for without a time limit, unless a stop was requested or the sink gave up
+        (``give_up_after_s``); everything else for up to ``close_timeout_s``. What is left is
+        counted as lost (``dropped["shutdown"]`` or ``["gave_up"]``) and logged as an error
+        when offline results are among it."""
         thread = self._thread
         if thread is None:
             return
         with self._cond:
-            self._close_deadline = time.monotonic() + self.config.close_timeout_s
+            self._closing = True  # flush now, not flush_interval_ms later
+            self._cond.notify()
+        bounded_since: float | None = None
+        waiting_logged = False
+        while thread.is_alive():
+            with self._cond:
+                self._check_give_up()
+                left, kept = self._buffer.messages, self._buffer.held_kept
+                if left == 0:
+                    break
+                unbounded = kept and not self._gave_up and not self._stop_requested()
+                if unbounded and not waiting_logged and not self._connected:
+                    waiting_logged = True
+                    log.warning(
+                        "redis sink: waiting for %s to write %d buffered messages of offline "
+                        "cameras (the run ends when they are written; stop it to give up)",
+                        self._display_url(),
+                        kept,
+                    )
+            now = time.monotonic()
+            if unbounded:
+                bounded_since = None
+            elif bounded_since is None:
+                bounded_since = now
+            elif now - bounded_since >= self.config.close_timeout_s:
+                break
+            time.sleep(0.02)
+        with self._cond:
             self._stop.set()
             self._cond.notify()
-        thread.join(self.config.close_timeout_s + 2 * self.config.socket_timeout_s + 1.0)
+            self._room.notify_all()
+        thread.join(2 * self.config.socket_timeout_s + 1.0)
         with self._cond:
             left = self._buffer.messages
             if left and not thread.is_alive():
-                self._buffer = OutageBuffer(self._buffer.max_messages, self._buffer.max_bytes)
-                self.dropped["shutdown"] += left
-        if left:
-            log.warning(
-                "redis sink closed with %d messages not written to %s (%s)",
-                left,
+                self._count_lost(self._buffer.clear(), "gave_up" if self._gave_up else "shutdown")
+            lost, offline = self.lost_results, self.lost_offline_results
+            reasons = ", ".join(f"{k} {n}" for k, n in self.dropped.items() if n)
+        if left or lost:
+            (log.error if offline else log.warning)(
+                "redis sink closed: %d results (%d of offline cameras) not written to %s in "
+                "this run; messages dropped: %s (left at close: %d; %s)",
+                lost,
+                offline,
                 self._display_url(),
+                reasons or "none",
+                left,
                 self.last_error or "close_timeout_s reached",
             )
         if self._conn is not None and not thread.is_alive():
@@ -160,6 +272,12 @@ class RedisSink:
                 "duplicates": self.duplicates,
                 "dropped": dict(self.dropped),
                 "dropped_total": sum(self.dropped.values()),
+                "lost_results": self.lost_results,
+                "lost_offline_results": self.lost_offline_results,
+                "held_results": self._buffer.held_results,
+                "held_offline_results": self._buffer.held_kept_results,
+                "holding": self._holding,
+                "gave_up": self._gave_up,
                 "reconnects": self.reconnects,
                 "connection_errors": self.connection_errors,
                 "connected": self._connected,
@@ -215,19 +333,18 @@ class RedisSink:
             self.flusher_cpu_s = time.thread_time() - cpu0
 
     def _next_batch(self) -> list[Item] | None:
-        """Waits until a batch is due (full, or its oldest entry waited flush_interval_ms);
-        returns None when closing and everything is written or the deadline passed."""
+        """Waits until a batch is due (full, or its oldest entry waited flush_interval_ms, or
+        closing); returns None once `close()` stops the flusher."""
         interval_s = self.config.flush_interval_ms / 1000
         with self._cond:
             while True:
                 if self._stop.is_set():
-                    if not self._buffer.queued or time.monotonic() >= self._close_deadline:
-                        return None
-                    return self._buffer.take(self.config.max_batch_messages)
+                    return None
                 oldest = self._buffer.oldest_enqueued_s()
                 if oldest is not None:
                     wait_s = oldest + interval_s - time.monotonic()
-                    if wait_s <= 0 or self._buffer.queued >= self.config.max_batch_messages:
+                    due = wait_s <= 0 or self._buffer.queued >= self.config.max_batch_messages
+                    if due or self._closing:
                         return self._buffer.take(self.config.max_batch_messages)
                 else:
                     wait_s = None
@@ -294,8 +411,9 @@ class RedisSink:
             self.events_published += sum(1 for i in written if i.pending.kind != DETECTIONS_TYPE)
             self.duplicates += len(duplicates)
             if dropped:
-                self.dropped["rejected"] += len(dropped)
+                self._count_lost(dropped, "rejected")
             self.aux_errors += len(aux_failures)
+            self._room.notify_all()
         if aux_failures and time.monotonic() - self._last_aux_log > _LOG_EVERY_S:
             self._last_aux_log = time.monotonic()
             log.warning("redis HSET/PUBLISH failed: %s", self._redact(aux_failures[0]))
@@ -356,6 +474,7 @@ class RedisSink:
             was_down, self._down_since = self._down_since, None
             if was_down is not None:
                 self.reconnects += 1
+            self._gave_up = self._holding = False
         if was_down is not None:
             log.info(
                 "redis sink reconnected to %s after %.1f s; writing %d buffered messages",
@@ -377,19 +496,42 @@ class RedisSink:
             if first:
                 self._down_since = time.monotonic()
             buffered = self._buffer.messages
-            repeat = text == self.last_error
             self.last_error = text
-        if first or not repeat:
+            self._check_give_up()
+        if first:  # once per outage; the reason now is always in stats()["last_error"]
             log.error("redis sink: %s; buffering (%d messages) and retrying", text, buffered)
         else:
             log.debug("redis sink: still failing: %s", text)
 
+    def _check_give_up(self) -> None:
+        """With the lock held: gives up holding offline results once the outage has lasted
+        ``give_up_after_s`` (logged once per outage)."""
+        limit = self.config.give_up_after_s
+        if limit is None or self._gave_up or self._down_since is None:
+            return
+        down_s = time.monotonic() - self._down_since
+        if down_s < limit:
+            return
+        self._gave_up = True
+        self._room.notify_all()
+        log.error(
+            "redis sink: %s unreachable for %.0f s (give_up_after_s=%g): results of offline "
+            "cameras are no longer held; %d buffered messages wait for it, and what is lost "
+            "is counted (the run will exit non-zero)",
+            self._display_url(),
+            down_s,
+            limit,
+            self._buffer.messages,
+        )
+
+    def _count_lost(self, items: list[Item], reason: str) -> None:
+        """With the lock held: ``items`` will never be written."""
+        self.dropped[reason] += len(items)
+        self.lost_results += sum(i.result for i in items)
+        self.lost_offline_results += sum(i.result and i.keep for i in items)
+
     def _sleep_backoff(self, backoff_s: float) -> None:
-        delay = backoff_s * random.uniform(0.8, 1.2)
-        if self._stop.is_set():
-            time.sleep(max(0.0, min(delay, self._close_deadline - time.monotonic())))
-        else:
-            self._stop.wait(delay)
+        self._stop.wait(backoff_s * random.uniform(0.8, 1.2))
 
     def _log_drops(self, n: int) -> None:
         now = time.monotonic()
