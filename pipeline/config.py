@@ -977,6 +977,13 @@ class TransportConfig(_Strict):
         return self
 
 
+DEFAULT_METRICS_PORT = 9752
+"""/metrics, /healthz, /readyz: a port no widely deployed exporter or service takes (9100 is
+node_exporter's, 9400 DCGM's, 9464 OpenTelemetry's; 9752 is in no IANA or nmap-services
+entry). The Prometheus list of exporter ports is full from 9100 to 9999, so some niche
+exporter may have claimed it there: ``--metrics-port`` / ``metrics.port`` move it."""
+
+
 class MetricsConfig(_Strict):
     """The HTTP endpoint serving /metrics, /healthz and /readyz."""
 
@@ -984,7 +991,11 @@ class MetricsConfig(_Strict):
         default="0.0.0.0", description="Address to listen on (0.0.0.0: every interface)."
     )
     port: int = Field(
-        default=9100, ge=0, le=65535, description="TCP port (0..65535); 0 disables the server."
+        default=DEFAULT_METRICS_PORT,
+        ge=0,
+        le=65535,
+        description="TCP port (0..65535); 0 disables the server. The default, 9752, is no "
+        "common exporter's (9100 is node_exporter's); --metrics-port overrides it.",
     )
 
 
@@ -1527,7 +1538,7 @@ def quick_config(
     backend: str = "auto",
     redis_url: str | None = None,
     realtime: bool = True,
-    metrics_port: int = 9100,
+    metrics_port: int = DEFAULT_METRICS_PORT,
     *,
     random_weights: bool = False,
     jsonl_path: str | os.PathLike[str] | None = None,

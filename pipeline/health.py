@@ -32,6 +32,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pipeline import metrics as _metrics
+from pipeline.config import DEFAULT_METRICS_PORT
 
 log = logging.getLogger("edgestream.health")
 
@@ -86,7 +87,7 @@ class HealthServer:
     def __init__(
         self,
         host: str = "0.0.0.0",
-        port: int = 9100,
+        port: int = DEFAULT_METRICS_PORT,
         *,
         liveness: Liveness = dict,
         readiness: Readiness = tuple,
@@ -164,8 +165,9 @@ class HealthServer:
         except OSError as exc:
             raise OSError(
                 exc.errno,
-                f"cannot serve metrics on {self.host}:{self.requested_port}: "
-                f"{exc.strerror} (set metrics.port to a free port, or 0 to disable)",
+                f"cannot serve metrics on {self.host}:{self.requested_port}: {exc.strerror} "
+                "(another program has the port? choose a free one with --metrics-port PORT or "
+                "the config key metrics.port; 0 disables the server)",
             ) from None
         httpd.daemon_threads = True
         self._httpd = httpd

@@ -5,7 +5,7 @@ Command line::
     edgestream run -c configs/default.yaml
     edgestream run --camera cam1=rtsp://... --camera cam2=video.mp4 --arch yolo_nas_s \\
         --weights yolo_nas_s.pth [--backend auto] [--redis redis://localhost:6379/0] \\
-        [--jsonl runs/out] [--realtime | --no-realtime] [--metrics-port 9100]
+        [--jsonl runs/out] [--realtime | --no-realtime] [--metrics-port 9752]
 
 With ``--no-realtime`` and only file sources, ``run`` exits 0 once the last frame of every
 file has been published. SIGTERM / Ctrl-C stop it (exit 0) within 10 s.
@@ -28,7 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, load_config, parse_camera_arg, quick_config
+from pipeline.config import (
+    DEFAULT_METRICS_PORT,
+    PipelineConfig,
+    load_config,
+    parse_camera_arg,
+    quick_config,
+)
 from pipeline.logs import setup_from_config, summary_line
 from pipeline.supervisor import Supervisor
 
@@ -163,7 +169,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
                    help="live policy: drop oldest when behind (default); --no-realtime: "
                    "block and lose nothing, exit when every file was processed")  # fmt: skip
-    p.add_argument("--metrics-port", type=int, default=9100, help="0 disables /metrics")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"/metrics /healthz /readyz port (default {DEFAULT_METRICS_PORT}; 0: off); "
+        "the config key is metrics.port",
+    )
     p.add_argument("--name", default="edgestream", help="pipeline name (shm, sockets, metrics)")
     p.set_defaults(func=cmd_run)
 

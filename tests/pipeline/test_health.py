@@ -87,8 +87,16 @@ def test_a_taken_port_is_a_clear_error() -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{port}"):
+        with pytest.raises(OSError, match=f"cannot serve metrics on 127.0.0.1:{port}") as e:
             HealthServer("127.0.0.1", port).start()
+    assert "--metrics-port" in str(e.value) and "metrics.port" in str(e.value)  # flag and key
+
+
+def test_the_default_port_is_not_node_exporters() -> None:
+    from pipeline.config import DEFAULT_METRICS_PORT, MetricsConfig
+
+    assert MetricsConfig().port == HealthServer().requested_port == DEFAULT_METRICS_PORT
+    assert DEFAULT_METRICS_PORT not in (9100, 9400, 9464)  # node_exporter, DCGM, OpenTelemetry
 
 
 def test_stop_releases_the_port() -> None:
