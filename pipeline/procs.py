@@ -56,6 +56,7 @@ class ChildSpec:
     pipeline: str
     parent_pid: int
     incarnation: int = 0  # 0 for the first start, then the restart count
+    model: Any = None  # the weights' ModelInfo, described once by the supervisor
 
     @property
     def key(self) -> str:
@@ -178,7 +179,7 @@ def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePl
         PreprocessStageConfig(
             slab_name=ring_name(cfg.name, f"slab{spec.index}") if items.shm else None,
             slab_slots=_item_slots(cfg),
-            input_hw=model_info_of(cfg).input_hw,
+            input_hw=model_info_of(cfg, spec).input_hw,
             inline=not items.shm,
         )
     )
@@ -255,34 +256,35 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     _run(stage, "detect", edges["items"], edges["detections"], cfg, stop, reporter)
 
 
-def model_info_of(cfg: PipelineConfig) -> Any:
-    """What the weights file says about itself (input size, class names), read without
-    building the network, so that preprocess letterboxes to the model's own input size and
-    the sink names classes as the model was trained. A TensorRT engine says nothing here
-    (its input size is checked by the detect stage against what preprocess sends)."""
+def model_info_of(cfg: PipelineConfig, spec: ChildSpec | None = None) -> Any:
+    """The model the config runs, as `stages.detect.describe.describe` reads it from the
+    weights file (format, arch, classes, input size, backend) without building the network:
+    preprocess letterboxes to the model's own input size, the sink names classes as the
+    model was trained. A process the supervisor started gets the supervisor's description
+    (``spec.model``) instead of reading the file again.
+
+    The supervisor calls this once before it starts any process: a file that cannot run as
+    configured (not weights, truncated, another network, the wrong backend, arch or class
+    count) raises `stages.detect.describe.ModelFileError` (a ValueError) naming the file
+    and the problem. A TensorRT engine without its sidecar says only its format (its input
+    size is checked by the detect stage against what preprocess sends)."""
+    from stages.detect.describe import ModelFileError, config_mismatch, describe
     from stages.detect.types import ModelInfo
 
+    if spec is not None and spec.model is not None:
+        return spec.model
     m = cfg.model
-    if m.weights is None:
-        return ModelInfo()
-    suffix = m.weights.suffix.lower()
-    if suffix == ".onnx":
-        import json
-
-        from stages.detect.export import read_metadata
-
-        meta = read_metadata(m.weights)
-        hw = json.loads(meta.get("input_hw") or "[640, 640]")
-        names = json.loads(meta.get("class_names") or "[]")
-        return ModelInfo(class_names=[str(n) for n in names], input_hw=(int(hw[0]), int(hw[1])))
-    if suffix in (".engine", ".plan", ".trt"):
-        return ModelInfo()
-    from stages.detect.weights import read_weights
-
-    return read_weights(m.weights)[1]
+    if m.weights is None:  # random_weights: what the config says is all there is
+        return ModelInfo(arch=m.arch, num_classes=m.num_classes, backend="torch")
+    info = describe(m.weights)
+    problem = config_mismatch(info, backend=m.backend, weights=m.weights, arch=m.arch,
+                              num_classes=m.num_classes, class_names=m.class_names)  # fmt: skip
+    if problem is not None:
+        raise ModelFileError(f"{m.weights}: {problem}")
+    return info
 
 
-def class_names_of(cfg: PipelineConfig) -> list[str]:
+def class_names_of(cfg: PipelineConfig, spec: ChildSpec | None = None) -> list[str]:
     """Class names for published objects: the config's, the weights file's, or COCO's."""
     from stages.detect.classes import class_names_for
 
@@ -290,8 +292,8 @@ def class_names_of(cfg: PipelineConfig) -> list[str]:
     if m.class_names:
         return list(m.class_names)
     try:
-        names = list(model_info_of(cfg).class_names)
-    except Exception:
+        names = list(model_info_of(cfg, spec).class_names)
+    except (ValueError, OSError):  # a file that cannot run: the detect stage says why
         log.debug("no class names in %s", m.weights, exc_info=True)
         names = []
     if names:
@@ -306,7 +308,7 @@ def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     stage = OrderedTrackStage(
         OrderedTrackConfig(
             track=track_stage_config(cfg),
-            class_names=class_names_of(cfg),
+            class_names=class_names_of(cfg, spec),
             realtime_cameras=_realtime(cfg),
             reorder_timeout_ms=max(100.0, 2 * (cfg.batching.max_frame_age_ms or 250.0)),
         )

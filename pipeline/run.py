@@ -8,7 +8,8 @@ Command line::
         [--jsonl runs/out] [--realtime | --no-realtime] [--metrics-port 9752]
 
 With ``--no-realtime`` and only file sources, ``run`` exits 0 once the last frame of every
-file has been published. SIGTERM / Ctrl-C stop it (exit 0) within 10 s.
+file has been published. SIGTERM / Ctrl-C stop it (exit 0) within 10 s. A weights file that
+cannot run as configured is refused before any process starts: one error line, exit 2.
 
 From code (a demo, a test)::
 
@@ -36,6 +37,7 @@ from pipeline.config import (
     quick_config,
 )
 from pipeline.logs import setup_from_config, summary_line
+from pipeline.procs import model_info_of
 from pipeline.supervisor import Supervisor
 
 log = logging.getLogger("edgestream.run")
@@ -132,7 +134,8 @@ class Pipeline:
 def run_pipeline(cfg: PipelineConfig) -> int:
     """Run until SIGTERM/SIGINT (0), the end of an offline run (0), or a fatal error (2)."""
     setup_from_config(cfg, "supervisor")
-    sup = Supervisor(cfg, log_level=cfg.logging.level)
+    model = model_info_of(cfg)  # fail fast: a bad weights file stops here, nothing started
+    sup = Supervisor(cfg, log_level=cfg.logging.level, model=model)
     sup.on_poll.append(SummaryLogger(cfg.logging.summary_interval_s))
     code = sup.run()
     log.info("%s", summary_line(pipeline_stats(sup)))

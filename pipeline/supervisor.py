@@ -1,6 +1,8 @@
 """The supervisor: starts the stage processes, keeps them alive, stops them cleanly.
 
-* **Start**: stale shared-memory segments of dead owners are removed (a SIGKILLed run leaves
+* **Start**: the weights file is described once (`pipeline.procs.model_info_of`; a file that
+  cannot run is refused before anything starts) and the description handed to every child;
+  stale shared-memory segments of dead owners are removed (a SIGKILLed run leaves
   them), the run folder for ipc socket files is created, and one process per stage is spawned
   (``multiprocessing`` spawn context: no forked locks or CUDA state), preprocess ``workers``
   times. See `pipeline.procs.child_main` for what each child sets up (title, faulthandler,
@@ -38,7 +40,7 @@ from typing import Any
 from pipeline.config import STAGES, PipelineConfig
 from pipeline.edges import EdgePlan, plan_edges
 from pipeline.flags import RunFlags, SharedFlag
-from pipeline.procs import EXIT_CONFIG, ChildSpec, child_main, set_title
+from pipeline.procs import EXIT_CONFIG, ChildSpec, child_main, model_info_of, set_title
 from pipeline.shm import NAME_PREFIX, cleanup_stale, list_segments
 from pipeline.stats import StatsBoard
 
@@ -75,8 +77,10 @@ class Supervisor:
         restart_backoff_min_s: float = 0.5,
         restart_backoff_max_s: float = 10.0,
         restart_reset_s: float = 30.0,
+        model: Any = None,
     ) -> None:
         self.cfg = cfg
+        self.model = model  # the weights' ModelInfo: described by start() unless given
         self.log_level = log_level
         self.stop_timeout_s = stop_timeout_s
         self.backoff_min_s = restart_backoff_min_s
@@ -100,6 +104,8 @@ class Supervisor:
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
+        if self.model is None:  # before anything starts: a bad weights file is one error
+            self.model = model_info_of(self.cfg)
         removed = cleanup_stale(NAME_PREFIX)
         if removed:
             log.info("removed %d stale shared-memory segment(s) of dead processes", len(removed))
@@ -117,7 +123,7 @@ class Supervisor:
                 continue
             count = self.cfg.preprocess.workers if role == "preprocess" else 1
             for i in range(count):
-                spec = ChildSpec(role, i, self.cfg.name, os.getpid())
+                spec = ChildSpec(role, i, self.cfg.name, os.getpid(), model=self.model)
                 self.children[spec.key] = _Child(spec)
         for child in reversed(list(self.children.values())):  # consumers first: binders up
             self._spawn(child)

@@ -22,7 +22,9 @@ safetensors, one read; an engine, its size and its JSON sidecar (no GPU, no Tens
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import mmap
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -221,6 +223,12 @@ def _describe_checkpoint(path: Path, kind: str) -> ModelInfo:
     from stages.detect import weights as w
 
     sd, info = w.read_weights(path)  # WeightsError (a ValueError) names the file and problem
+    if not any(k.startswith(("backbone.", "neck.", "heads.")) for k in sd):
+        keys = ", ".join(list(sd)[:3])  # another network: no need to compare it with each arch
+        raise ModelFileError(
+            f"{path}: the weights match no YOLO-NAS architecture: none of their keys is a "
+            f"YOLO-NAS backbone/neck/heads key (e.g. {keys}); is this another network?"
+        )
     if w.CLS_KEY not in sd:
         raise w._arch_error(path, sd, None)
     arch = info.arch if info.arch in w.ARCHS and not any(w._mismatch(sd, info.arch)) else None
@@ -234,73 +242,196 @@ def _describe_checkpoint(path: Path, kind: str) -> ModelInfo:
 
 
 def _describe_onnx(path: Path) -> ModelInfo:
-    import onnx
-
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
+        model = _read_onnx(path)
+    except _ProtobufError as e:
         if _is_text(path):
-            raise ModelFileError(f"{path}: this is a text file, not an ONNX model") from e
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFileError(f"{path}: this is a text file, not an ONNX model") from None
         raise ModelFileError(
-            f"{path}: not a readable ONNX model, truncated or corrupt ({first}); copy or "
-            "export it again"
-        ) from e
-    graph = proto.graph
-    if not graph.node or not graph.output or not proto.opset_import:
+            f"{path}: not a readable ONNX model, truncated or corrupt ({e}); copy or export "
+            "it again"
+        ) from None
+    if not model.ops or not model.outputs or not model.opsets:
         raise ModelFileError(f"{path}: an ONNX file without a whole graph (truncated?)")
-    initializers = {i.name for i in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
+    inputs = [(n, d) for n, d in model.inputs if n not in model.initializers]
     if len(inputs) != 1:
         raise ModelFileError(
-            f"{path}: {len(inputs)} inputs {[i.name for i in inputs]}; a YOLO-NAS export has "
+            f"{path}: {len(inputs)} inputs {[n for n, _ in inputs]}; a YOLO-NAS export has "
             "one (images)"
         )
-    dims = _dims(inputs[0])
+    name, dims = inputs[0]
     if len(dims) != 4 or dims[1] != 3:
-        raise ModelFileError(
-            f"{path}: input {inputs[0].name} has shape {dims}; expected (B, 3, H, W)"
-        )
+        raise ModelFileError(f"{path}: input {name} has shape {dims}; expected (B, 3, H, W)")
     h, w = dims[2], dims[3]
     if not isinstance(h, int) or not isinstance(w, int):
         raise ModelFileError(f"{path}: the input's H/W must be fixed, got {dims[2:]}")
-    outputs = {o.name: o for o in graph.output}
-    ops = {n.op_type for n in graph.node}
+    outputs = dict(model.outputs)
     num_classes: int | None = None
     if set(outputs) == _ONNX_RAW:
         nms = "none"
-        scores = _dims(outputs["scores"])
+        scores = outputs["scores"]
         num_classes = scores[-1] if scores and isinstance(scores[-1], int) else None
     elif set(outputs) == _ONNX_NMS:
-        nms = "tensorrt" if "EfficientNMS_TRT" in ops else "onnx"
+        nms = "tensorrt" if "EfficientNMS_TRT" in model.ops else "onnx"
     else:
         raise ModelFileError(
             f"{path}: outputs {sorted(outputs)} are not a YOLO-NAS export's: expected "
             f"{sorted(_ONNX_RAW)} (nms='none') or {sorted(_ONNX_NMS)} (in-graph NMS)"
         )
-    _check_external_data(path, graph)
-    meta = {p.key: p.value for p in proto.metadata_props}
-    info = info_from_onnx_metadata(meta, input_hw=(h, w), num_classes=num_classes)
+    for where in model.external:  # weights stored beside the .onnx (models over 2 GB)
+        if not (path.parent / where).is_file():
+            raise ModelFileError(
+                f"{path}: its weights are stored in {where!r} beside it, which is missing"
+            )
+    info = info_from_onnx_metadata(model.metadata, input_hw=(h, w), num_classes=num_classes)
     info.nms = nms
     if nms == "tensorrt":
         info.backend = None  # only a TensorRT engine built from it runs
     return info
 
 
-def _dims(value_info: Any) -> list[int | str]:
-    shape = value_info.type.tensor_type.shape
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in shape.dim]
+# ONNX without `import onnx`: that import costs 0.7-0.8 s here (ml_dtypes' extension), more
+# than the whole rest of a refusal, and onnx.load would parse every weight into Python
+# objects. A ModelProto is plain protobuf wire format; reading the dozen fields below
+# (numbers from onnx/onnx.proto3) and skipping the rest by their length takes milliseconds,
+# and a field that runs past the end of the file is exactly what truncation looks like.
 
 
-def _check_external_data(path: Path, graph: Any) -> None:
-    """Weights stored beside the .onnx (models over 2 GB) must be there."""
-    for init in graph.initializer:
-        if init.data_location == 1:  # TensorProto.EXTERNAL
-            where = {e.key: e.value for e in init.external_data}.get("location", "")
-            if not (path.parent / where).is_file():
-                raise ModelFileError(
-                    f"{path}: its weights are stored in {where!r} beside it, which is missing"
+class _ProtobufError(Exception):
+    """Not protobuf, or cut short (the message says where)."""
+
+
+@dataclass
+class _Onnx:
+    opsets: int = 0
+    ops: set[str] = field(default_factory=set)
+    inputs: list[tuple[str, list[int | str]]] = field(default_factory=list)
+    outputs: list[tuple[str, list[int | str]]] = field(default_factory=list)
+    initializers: set[str] = field(default_factory=set)
+    external: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _read_onnx(path: Path) -> _Onnx:
+    with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        out = _Onnx()
+        for num, value in _fields(buf, 0, len(buf)):
+            if num == 7 and isinstance(value, tuple):  # ModelProto.graph
+                _read_graph(buf, value, out)
+            elif num == 8:  # opset_import
+                out.opsets += 1
+            elif num == 14 and isinstance(value, tuple):  # metadata_props
+                key, val = _entry(buf, value)
+                out.metadata[key] = val
+        return out
+
+
+def _read_graph(buf: Any, span: tuple[int, int], out: _Onnx) -> None:
+    for num, value in _fields(buf, *span):
+        if not isinstance(value, tuple):
+            continue
+        if num == 1:  # GraphProto.node -> NodeProto.op_type
+            out.ops.update(_string(buf, v) for n, v in _fields(buf, *value) if n == 4)
+        elif num == 5:  # initializer (TensorProto)
+            location, where = 0, ""
+            for n, v in _fields(buf, *value):
+                if n == 8:  # name
+                    out.initializers.add(_string(buf, v))
+                elif n == 14 and isinstance(v, int):  # data_location (1: EXTERNAL)
+                    location = v
+                elif n == 13 and isinstance(v, tuple):  # external_data
+                    key, val = _entry(buf, v)
+                    where = val if key == "location" else where
+            if location == 1:
+                out.external.append(where)
+        elif num in (11, 12):  # input, output (ValueInfoProto)
+            (out.inputs if num == 11 else out.outputs).append(_value_info(buf, value))
+
+
+def _value_info(buf: Any, span: tuple[int, int]) -> tuple[str, list[int | str]]:
+    name, dims = "", []
+    for num, value in _fields(buf, *span):
+        if num == 1:
+            name = _string(buf, value)
+        elif num == 2 and isinstance(value, tuple):  # type -> tensor_type -> shape -> dim
+            for n, tensor in _fields(buf, *value):
+                if n != 1 or not isinstance(tensor, tuple):
+                    continue
+                for m, shape in _fields(buf, *tensor):
+                    if m == 2 and isinstance(shape, tuple):
+                        dims = [_dim(buf, d) for k, d in _fields(buf, *shape) if k == 1]
+    return name, dims
+
+
+def _dim(buf: Any, value: Any) -> int | str:
+    if not isinstance(value, tuple):
+        raise _ProtobufError("a shape dimension that is not a message")
+    for num, v in _fields(buf, *value):
+        if num == 1 and isinstance(v, int):  # dim_value (int64)
+            return v - (1 << 64) if v >= 1 << 63 else v
+        if num == 2:  # dim_param
+            return _string(buf, v) or "?"
+    return "?"
+
+
+def _entry(buf: Any, span: tuple[int, int]) -> tuple[str, str]:
+    """A StringStringEntryProto: (key, value)."""
+    key = val = ""
+    for num, value in _fields(buf, *span):
+        if num == 1:
+            key = _string(buf, value)
+        elif num == 2:
+            val = _string(buf, value)
+    return key, val
+
+
+def _string(buf: Any, value: Any) -> str:
+    if not isinstance(value, tuple):
+        raise _ProtobufError("a string field that is not length-delimited")
+    return bytes(buf[value[0] : value[1]]).decode("utf-8", errors="replace")
+
+
+def _fields(buf: Any, pos: int, end: int) -> Iterator[tuple[int, int | tuple[int, int] | None]]:
+    """(field number, value) of the message in ``buf[pos:end]``: an int for a varint, the
+    (start, end) of a length-delimited field, None for a fixed-width one."""
+    while pos < end:
+        tag, pos = _varint(buf, pos, end)
+        num, wire = tag >> 3, tag & 7
+        if num == 0:
+            raise _ProtobufError(f"field number 0 at byte {pos}")
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+            yield num, value
+        elif wire == 2:
+            size, pos = _varint(buf, pos, end)
+            if pos + size > end:
+                raise _ProtobufError(
+                    f"a field of {size} bytes at byte {pos} runs past the end ({end})"
                 )
+            yield num, (pos, pos + size)
+            pos += size
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+            if pos > end:
+                raise _ProtobufError(f"a fixed-width field runs past the end ({end})")
+            yield num, None
+        else:
+            raise _ProtobufError(f"wire type {wire} at byte {pos}")
+
+
+def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end:
+            raise _ProtobufError(f"a number runs past the end ({end})")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise _ProtobufError(f"a number longer than 10 bytes at byte {pos}")
 
 
 def _describe_engine(path: Path, kind: str) -> ModelInfo:

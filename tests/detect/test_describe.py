@@ -177,6 +177,56 @@ def test_truncated_onnx(tiny_onnx: Path, tmp_path: Path, fraction: float) -> Non
     assert "truncated" in message
 
 
+def test_onnx_cut_anywhere_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
+    data = tiny_onnx.read_bytes()
+    cut = tmp_path / "cut.onnx"
+    for n in [*range(1, 64, 7), *range(64, len(data) - 1, max(1, len(data) // 97))]:
+        cut.write_bytes(data[:n])
+        with pytest.raises(ModelFileError):
+            describe(cut)
+
+
+def test_protobuf_reader_agrees_with_onnx(tiny_onnx: Path, tmp_path: Path) -> None:
+    """The small wire-format reader (no `import onnx`: 0.7 s) reads what onnx.load reads."""
+    import onnx
+
+    from stages.detect.describe import _read_onnx
+
+    nms = export_onnx(TinyDetector(), tmp_path / "nms.onnx", nms="onnx", dynamic_batch=True)
+    for path in (tiny_onnx, nms):
+        proto = onnx.load(str(path))
+        mine = _read_onnx(path)
+        dims = [
+            [
+                d.dim_value if d.HasField("dim_value") else d.dim_param
+                for d in v.type.tensor_type.shape.dim
+            ]
+            for v in proto.graph.output
+        ]
+        assert mine.outputs == list(zip([o.name for o in proto.graph.output], dims, strict=True))
+        assert [n for n, _ in mine.inputs] == [i.name for i in proto.graph.input]
+        assert mine.ops == {n.op_type for n in proto.graph.node}
+        assert mine.initializers == {i.name for i in proto.graph.initializer}
+        assert mine.metadata == {p.key: p.value for p in proto.metadata_props}
+        assert mine.opsets == len(proto.opset_import) and mine.external == []
+
+
+def test_external_weights_must_be_beside_the_model(tiny_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(
+        onnx.load(str(tiny_onnx)),
+        str(path),
+        save_as_external_data=True,
+        location="ext.data",
+        size_threshold=0,
+    )
+    assert describe(path).class_names == NAMES
+    (tmp_path / "ext.data").unlink()
+    assert "stored in 'ext.data' beside it, which is missing" in error_of(path)
+
+
 def test_onnx_of_another_network(tmp_path: Path) -> None:
     path = tmp_path / "classifier.onnx"
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())

@@ -57,11 +57,11 @@ def test_sigterm_exits_zero_no_leftovers(
 def test_bad_weights_is_fatal_not_restarted(
     tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any]
 ) -> None:
-    """A weights file the backend cannot open fails the same way on every restart: the run
-    exits non-zero with the reason, and a stale segment of a dead run is cleaned at start."""
-    bad = tmp_path / "bad.onnx"
-    bad.write_bytes(b"not an onnx model")
-    cfg = pipeline_config(tmp_path, bad, {"c": str(shared_data / "media" / VIDEO)})
+    """A model the detect stage cannot open as configured fails the same way on every
+    restart: the run exits non-zero with the reason, and a stale segment of a dead run is
+    cleaned at start. (A bad weights file never gets this far: test_fail_fast.py.)"""
+    cfg = pipeline_config(tmp_path, tiny_onnx, {"c": str(shared_data / "media" / VIDEO)})
+    cfg["model"]["half"] = True  # FP16 is for the torch backend
     stale = SHM / f"edgestream-{cfg['name']}-999999999-frames.c.1"  # pid that cannot exist
     stale.write_bytes(b"\0" * 64)
     os.utime(stale, (time.time() - 60, time.time() - 60))
@@ -71,7 +71,7 @@ def test_bad_weights_is_fatal_not_restarted(
     rc = proc.wait(timeout=STARTUP_S)
     text = log.read_text()
     assert rc == 2, text[-3000:]
-    assert "bad.onnx" in text and "configuration error" in text
+    assert "half=True is for the torch backend" in text and "configuration error" in text
     assert "restarted" not in text
     assert not stale.exists()
     assert segments(cfg["name"]) == []
