@@ -19,8 +19,10 @@ happened to be first in the socket.
 
 `run_stage` owns the rest: it receives, calls the stage, routes each output to a `Sender`,
 sends it blocking or not (per message: offline cameras block and lose nothing, live ones drop
-and count), counts, and exits when ``stop`` is set: it stops reading, calls ``close()`` (and a
-last ``tick``) and sends what they return, then returns. An exception in ``process()`` of one
+and count), counts, and exits when ``stop`` is set: it reads what is still waiting on its
+socket (the supervisor stops stages upstream first, so this is what upstream sent and counted;
+at most ``drain_timeout_s / 2``), calls ``close()`` (and a last ``tick``) and sends what they
+return, then returns. An exception in ``process()`` of one
 message is logged with the message's identity, counted, and turned into a `DropMsg` tombstone
 (reason ``error``) so downstream does not wait for that frame; it does not kill the stage —
 unless it is a `FatalStageError`, or ``max_consecutive_errors`` messages in a row failed.
@@ -163,6 +165,35 @@ def run_stage(
                 else:  # downstream sees a seq gap (its reordering times out on it)
                     c.dropped[(m.camera_id, "queue_full")] += 1
 
+    def handle(msg: Message) -> list[Message]:
+        """Count ``msg``, hand it to the stage; a failure becomes a tombstone (or fatal)."""
+        nonlocal failures
+        c.received[msg.camera_id] += 1
+        c.last_activity = time.monotonic()
+        if isinstance(msg, DropMsg) and receiver is not None and msg.stage == receiver.name:
+            c.dropped[(msg.camera_id, msg.reason)] += 1
+        try:
+            out = list(stage.process(msg))
+        except FatalStageError:
+            raise
+        except Exception:
+            failures += 1
+            c.errors[msg.camera_id] += 1
+            log.exception(
+                "%s: process() failed on %s camera=%s seq=%s frame_id=%s",
+                name, kind_of(msg), msg.camera_id, seq_of(msg),
+                getattr(msg, "frame_id", None),
+            )  # fmt: skip
+            if failures >= max_consecutive_errors:
+                raise FatalStageError(
+                    f"{name}: {failures} messages in a row failed; giving up"
+                ) from None
+            if not isinstance(msg, DropMsg | EndMsg):
+                return [DropMsg(msg.camera_id, msg.seq, name, "error", msg.frame_id)]
+            return [msg]
+        failures = 0
+        return out
+
     stage.setup()
     try:
         next_tick = time.monotonic()
@@ -196,33 +227,19 @@ def run_stage(
                 continue
             if deadline_of is not None and reading_since is None:
                 reading_since = time.monotonic()
-            c.received[msg.camera_id] += 1
-            c.last_activity = time.monotonic()
-            if isinstance(msg, DropMsg) and msg.stage == receiver.name:
-                c.dropped[(msg.camera_id, msg.reason)] += 1
-            try:
-                out = list(stage.process(msg))
-            except FatalStageError:
-                raise
-            except Exception:
-                failures += 1
-                c.errors[msg.camera_id] += 1
-                log.exception(
-                    "%s: process() failed on %s camera=%s seq=%s frame_id=%s",
-                    name, kind_of(msg), msg.camera_id, seq_of(msg),
-                    getattr(msg, "frame_id", None),
-                )  # fmt: skip
-                if failures >= max_consecutive_errors:
-                    raise FatalStageError(
-                        f"{name}: {failures} messages in a row failed; giving up"
-                    ) from None
-                if not isinstance(msg, DropMsg | EndMsg):
-                    out = [DropMsg(msg.camera_id, msg.seq, name, "error", msg.frame_id)]
-                else:
-                    out = [msg]
-            else:
-                failures = 0
-            emit(out, forwarded=msg)
+            emit(handle(msg), forwarded=msg)
+        if receiver is not None:  # stopped: what upstream (stopped before us) sent still counts
+            drain_until = time.monotonic() + drain_timeout_s / 2
+            while time.monotonic() < drain_until:
+                try:
+                    msg = receiver.recv(timeout_ms=20)
+                except MessageError as e:
+                    c.malformed += 1
+                    log.warning("%s: malformed message on %s dropped: %s", name, receiver.name, e)
+                    continue
+                if msg is None:
+                    break
+                emit(handle(msg), draining=True, forwarded=msg)
     finally:
         flushed: list[Message] = []
         try:

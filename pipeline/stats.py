@@ -259,11 +259,30 @@ class StatsBoard:
             }
         return out
 
+    def unwritten(self) -> dict[str, dict[str, int]]:
+        """Per sink with any: results it did not write, ``{"results": n, "offline": m}``
+        (``offline``: of ``realtime: false`` cameras). While the sink runs this includes what
+        it still buffers; once it ended (the run is over, or a crashed incarnation), all of
+        it is lost."""
+        total = self.total("sinks.unwritten")
+        offline = self.total("sinks.unwritten_offline")
+        return {
+            name: {"results": int(n), "offline": int(offline.get(name, 0))}
+            for name, n in sorted(total.items())
+            if n
+        }
+
     def batches(self) -> dict[str, float]:
         sizes = self.total("batch_sizes")
         n = sum(sizes.values())
         frames = sum(int(k) * v for k, v in sizes.items())
-        return {"batches": n, "frames": frames, "mean_size": round(frames / n, 2) if n else 0.0}
+        seconds = sum(float(p.snap.get("batch_seconds") or 0.0) for p in self.procs.values())
+        return {
+            "batches": n,
+            "frames": frames,
+            "mean_size": round(frames / n, 2) if n else 0.0,
+            "mean_ms": round(1e3 * seconds / n, 1) if n else 0.0,  # gather + model + mapping
+        }
 
     def _fps(self) -> dict[str, float]:
         if len(self._published_hist) < 2:
@@ -279,7 +298,8 @@ class StatsBoard:
 
 def _counter_sections(snap: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The cumulative counters of one snapshot, flattened: ``published``, ``batch_sizes``,
-    ``decode.sent``, and ``dropped`` keyed ``stage:camera|reason``."""
+    ``decode.sent``, ``dropped`` keyed ``stage:camera|reason``, and the sink stage's
+    ``sinks.unwritten`` / ``sinks.unwritten_offline`` per sink."""
     out: dict[str, dict[str, Any]] = {}
     for name in _COUNTERS:
         out[name] = dict(snap.get(name) or {})
@@ -296,4 +316,7 @@ def _counter_sections(snap: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         out["dropped"] = _sum(
             out.get("dropped", {}), {f"decode:{k}": v for k, v in decode["dropped"].items()}
         )
+    sinks = snap.get("sinks") or {}  # a dead incarnation's buffered results are lost: carried
+    out["sinks.unwritten"] = dict(sinks.get("unwritten") or {})
+    out["sinks.unwritten_offline"] = dict(sinks.get("unwritten_offline") or {})
     return out
