@@ -137,6 +137,16 @@ def _offline_blocks(cfg: PipelineConfig) -> Callable[[Message], bool]:
     return lambda m: m.camera_id not in live
 
 
+# After detect nothing is dropped, live or not: what the model computed is published. A slow
+# track or sink holds detect back (its sends block), and ahead of detect the newest frame of
+# each camera wins, so the loss under any overload is a counted ``superseded`` frame that the
+# model never ran on, and latency stays bounded by the small queues after detect.
+_AFTER_DETECT = frozenset({"detect", "track"})
+# A stage waits this long for its downstream peer before it reads anything: a frame received
+# while the output is not connected yet would be refused (a live send drops at once).
+_CONNECT_WAIT_S = 10.0
+
+
 # ------------------------------------------------------------------------------------ roles
 
 
@@ -361,12 +371,16 @@ def _run(stage: Any, name: str, inp: EdgePlan, out: EdgePlan | None, cfg: Pipeli
          stop: Any, reporter: Reporter, pool: Any = None) -> None:  # fmt: skip
     receiver = inp.open_receiver(name=f"{name}-in")
     sender = out.open_sender(stop, name=name, pool=pool) if out is not None else None
+    if sender is not None and not sender.wait_connected(_CONNECT_WAIT_S):
+        log.warning("%s: %s has no peer after %.0f s; live frames are dropped until it has",
+                    name, out.name if out is not None else "?", _CONNECT_WAIT_S)  # fmt: skip
     counters = StageCounters()
     reporter.source(lambda: {"stage": counters.snapshot()})
     pump = threading.Thread(target=_report_loop, args=(reporter, stop), daemon=True)
     pump.start()
     try:
-        run_stage(stage, receiver, sender, stop, name=name, block=_offline_blocks(cfg),
+        block = True if name in _AFTER_DETECT else _offline_blocks(cfg)
+        run_stage(stage, receiver, sender, stop, name=name, block=block,
                   counters=counters)  # fmt: skip
     finally:
         receiver.close()

@@ -277,6 +277,17 @@ class Sender:
         self.sent = 0
         self.refused = 0
 
+    def wait_connected(self, timeout_s: float) -> bool:
+        """Wait until a peer is connected and has room (a live send would be accepted), at most
+        ``timeout_s``; False if it never was. A PUSH socket refuses live sends until then."""
+        deadline = time.monotonic() + timeout_s
+        while not cast(int, self.socket.get(zmq.EVENTS)) & zmq.POLLOUT:
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.stop is not None and self.stop.is_set()):
+                return False
+            self.socket.poll(max(1, int(min(left, 0.1) * 1000)), zmq.POLLOUT)
+        return True
+
     def send(
         self,
         msg: Message,

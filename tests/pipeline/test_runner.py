@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import zmq
 
 from pipeline import transport
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, FrameMsg, Message
@@ -75,10 +74,7 @@ class Ticker(Echo):
 
 
 def wait_connected(tx: Sender, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not tx.socket.get(zmq.EVENTS) & zmq.POLLOUT:
-        assert time.monotonic() < deadline, f"{tx.name} never connected"
-        time.sleep(0.005)
+    assert tx.wait_connected(timeout_s), f"{tx.name} never connected"
 
 
 class Edges:
