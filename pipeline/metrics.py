@@ -94,8 +94,9 @@ class Metrics:
         )
         self.frames_dropped_total = Counter(
             "edgestream_frames_dropped_total",
-            "Frames dropped, per camera, stage and reason (queue_full, too_old, overwritten, "
-            "decode_error, ...). Nothing is dropped without being counted here.",
+            "Frames dropped, per camera, stage and reason (detect/superseded: a newer frame of "
+            "the camera replaced it before the model ran; queue_full, overwritten, shutdown, "
+            "error, ...). Nothing is dropped without being counted here.",
             ["camera", "stage", "reason"],
             registry=r,
         )
