@@ -9,12 +9,22 @@ import sys
 
 from pipeline import config_cli
 from pipeline import run as run_cli
+from pipeline.extras import missing_extra_message
 from stages.demo import cli as demo_cli
 from stages.detect import cli as detect_cli
 from stages.detect.train import cli as train_cli
 from stages.sinks import cli as sinks_cli
 from stages.synth import cli as synth_cli
 from stages.track import cli as track_cli
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgestream")
+    except PackageNotFoundError:  # run from a checkout that was never pip-installed
+        return "0+unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=os.environ.get("EDGESTREAM_LOG_LEVEL", "INFO"), help="log level"
     )
+    parser.add_argument("--version", action="version", version=f"edgestream {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_cli.add_parsers(sub)
     run_cli.add_parsers(sub)
@@ -49,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        # an optional dependency (an extra) this install lacks: say which, no traceback
+        line = missing_extra_message(exc, args.command)
+        if line is None:
+            raise
+        logging.getLogger("edgestream").debug("missing extra", exc_info=True)
+        print(f"edgestream {args.command}: error: {line}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         # Our errors (weights, sources, config) are ValueErrors with a message for people.
         logging.getLogger("edgestream").debug("failed", exc_info=True)

@@ -278,6 +278,7 @@ def model_info_of(cfg: PipelineConfig, spec: ChildSpec | None = None) -> Any:
     count) raises `stages.detect.describe.ModelFileError` (a ValueError) naming the file
     and the problem. A TensorRT engine without its sidecar says only its format (its input
     size is checked by the detect stage against what preprocess sends)."""
+    from pipeline.extras import require_backend
     from stages.detect.describe import ModelFileError, config_mismatch, describe
     from stages.detect.types import ModelInfo
 
@@ -285,8 +286,10 @@ def model_info_of(cfg: PipelineConfig, spec: ChildSpec | None = None) -> Any:
         return spec.model
     m = cfg.model
     if m.weights is None:  # random_weights: what the config says is all there is
+        require_backend("torch")
         return ModelInfo(arch=m.arch, num_classes=m.num_classes, backend="torch")
     info = describe(m.weights)
+    require_backend(info.backend if m.backend == "auto" else m.backend)
     problem = config_mismatch(info, backend=m.backend, weights=m.weights, arch=m.arch,
                               num_classes=m.num_classes, class_names=m.class_names)  # fmt: skip
     if problem is not None:

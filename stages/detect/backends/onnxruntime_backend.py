@@ -6,11 +6,13 @@ It adapts to what the file says about itself, so one class serves every export f
   -> converted here with `stages.detect.preprocess.to_float` (bit-identical to the reference);
 * a fixed batch dimension -> the batch is split into chunks of that size and the last chunk
   padded with zeros (their results are dropped); a dynamic one -> one run per call;
-* outputs ``boxes``/``scores`` (``nms="none"``) -> our torch `postprocess` on zero-copy
-  ``torch.from_numpy`` views, so ``nms_params`` apply at run time; outputs ``num_dets``,
-  ``det_boxes``, ``det_scores``, ``det_classes`` (``nms="onnx"``) -> sliced per image. Those
-  thresholds were fixed at export time: ``nms_params.conf`` can only raise the score
-  threshold here, and other differences are logged once.
+* outputs ``boxes``/``scores`` (``nms="none"``) -> `stages.detect.postprocess` on zero-copy
+  ``torch.from_numpy`` views when torch is installed (the reference's own top-k among exact
+  ties), else its numpy twin `stages.detect.postprocess_np` (so this backend needs no torch);
+  either way ``nms_params`` apply at run time; outputs ``num_dets``, ``det_boxes``,
+  ``det_scores``, ``det_classes`` (``nms="onnx"``) -> sliced per image. Those thresholds were
+  fixed at export time: ``nms_params.conf`` can only raise the score threshold here, and
+  other differences are logged once.
 
 Anything else (not ONNX, a TensorRT-only export, a graph whose I/O is not an edgestream
 YOLO-NAS export) fails in the constructor with an `OnnxModelError` that says what was found.
@@ -22,6 +24,7 @@ IOBinding path would save that copy and is future work.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -29,14 +32,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from stages.detect.describe import info_from_onnx_metadata
-from stages.detect.postprocess import postprocess
+from stages.detect.postprocess_np import postprocess_np
 from stages.detect.preprocess import to_float
 from stages.detect.types import Detections, ModelInfo, NMSParams
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _torch_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _postprocess(boxes: np.ndarray, scores: np.ndarray, params: NMSParams) -> list[Detections]:
+    """The torch postprocessing when torch is installed, else the numpy one: the same
+    detections except which of several exactly equal scores survive a top-k cut."""
+    if _torch_installed():
+        from stages.detect.postprocess import postprocess_numpy
+
+        return postprocess_numpy(boxes, scores, params)
+    return postprocess_np(boxes, scores, params)
+
 
 RAW_OUTPUTS = ("boxes", "scores")
 NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
@@ -250,9 +270,7 @@ class OnnxRuntimeBackend:
             zip(self.output_names, self._session.run(None, {self.input_name: x}), strict=True)
         )
         if self.layout == "raw":
-            boxes = torch.from_numpy(outputs["boxes"]).float()  # no copy when already float32
-            scores = torch.from_numpy(outputs["scores"]).float()
-            return postprocess(boxes, scores, self.nms_params)
+            return _postprocess(outputs["boxes"], outputs["scores"], self.nms_params)
         return self._slice_nms(outputs)
 
     def _slice_nms(self, outputs: dict[str, np.ndarray]) -> list[Detections]:
