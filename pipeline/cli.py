@@ -9,6 +9,7 @@ import sys
 
 from pipeline import config_cli
 from pipeline import run as run_cli
+from pipeline import shard as shard_cli
 from pipeline.extras import missing_extra_message
 from stages.demo import cli as demo_cli
 from stages.detect import cli as detect_cli
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_cli.add_parsers(sub)
     run_cli.add_parsers(sub)
+    shard_cli.add_parsers(sub)
     detect_cli.add_parsers(sub)
     track_cli.add_parsers(sub)
     sinks_cli.add_parsers(sub)

@@ -180,6 +180,9 @@ def add_parsers(sub: Any) -> None:
         "the config key is metrics.port",
     )
     p.add_argument("--name", default="edgestream", help="pipeline name (shm, sockets, metrics)")
+    p.add_argument("--shard", metavar="K/N", help="run only the cameras replica K of N owns "
+                   "(rendezvous hashing; default: $EDGESTREAM_SHARD_INDEX/_COUNT or the pod "
+                   "name's ordinal, else every camera); `edgestream shard` lists them")  # fmt: skip
     p.set_defaults(func=cmd_run)
 
 
@@ -207,7 +210,18 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return run_pipeline(config_from_args(args))
+    from pipeline.shard import apply_shard, run_idle, shard_from
+
+    cfg = config_from_args(args)
+    shard = shard_from(getattr(args, "shard", None))
+    if shard is not None:
+        mine = apply_shard(cfg, shard)
+        if not mine.cameras:
+            return run_idle(mine, shard, len(cfg.cameras))
+        log.info("shard %s: %d of %d camera(s): %s", shard, len(mine.cameras),
+                 len(cfg.cameras), ", ".join(mine.camera_ids))  # fmt: skip
+        cfg = mine
+    return run_pipeline(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
