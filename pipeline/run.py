@@ -38,6 +38,7 @@ from pipeline.config import (
 )
 from pipeline.logs import setup_from_config, summary_line
 from pipeline.procs import model_info_of
+from pipeline.sdnotify import SystemdNotifier
 from pipeline.supervisor import Supervisor
 
 log = logging.getLogger("edgestream.run")
@@ -137,6 +138,9 @@ def run_pipeline(cfg: PipelineConfig) -> int:
     model = model_info_of(cfg)  # fail fast: a bad weights file stops here, nothing started
     sup = Supervisor(cfg, log_level=cfg.logging.level, model=model)
     sup.on_poll.append(SummaryLogger(cfg.logging.summary_interval_s))
+    notifier = SystemdNotifier.from_env()  # under systemd Type=notify: READY=1, WATCHDOG=1
+    if notifier is not None:
+        sup.on_poll.append(notifier)
     code = sup.run()
     log.info("%s", summary_line(pipeline_stats(sup)))
     return code
