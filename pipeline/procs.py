@@ -334,11 +334,14 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     from pipeline.sink_stage import SinkStage
 
     sinks: list[Any] = []
+    live = _realtime(cfg)
     redis_cfg = redis_sink_config(cfg)
     if redis_cfg is not None:
         from stages.sinks.redis import RedisSink
 
-        sinks.append(RedisSink(redis_cfg))
+        # offline cameras' results are never dropped: the sink holds the pipeline instead
+        sinks.append(RedisSink(redis_cfg, lossless=lambda cam: cam not in live,
+                               stop_requested=stop.is_set))  # fmt: skip
     jsonl_cfg = jsonl_sink_config(cfg)
     if jsonl_cfg is not None:
         import dataclasses
@@ -355,7 +358,6 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         video = cfg.sinks.video
         paths = {c.id: c.url for c in cfg.effective_cameras() if c.kind == "file"}
         sinks.append(FileVideoSink(VideoSinkConfig(Path(video.dir), fps=video.fps), paths))
-    age_ms = cfg.batching.max_frame_age_ms
     files = [c.id for c in cfg.effective_cameras() if c.kind == "file" and not c.loop]
     everything_ends = len(files) == len(cfg.cameras)  # live or offline: the input ends
     stage = SinkStage(
@@ -363,8 +365,6 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         expected_cameras=files if everything_ends else (),
         on_published=reporter.published_frame,
         on_done=flags.done.set,
-        realtime_cameras=_realtime(cfg),
-        max_age_s=None if age_ms is None else 2 * age_ms / 1e3,
     )
     reporter.source(lambda: {"sinks": stage.stats()})
     _run(stage, "sink", edges["tracked"], None, cfg, stop, reporter)

@@ -3,28 +3,31 @@
 Capture-to-publish latency is observed here, per camera, when a frame is handed to the sinks
 (the Redis sink writes asynchronously, within ``flush_interval_ms`` more when Redis is up).
 
-Live cameras: a frame older than ``max_age_s`` when it reaches this stage is dropped (counted,
-``DropMsg`` reason ``stale``) instead of published: a sink slower than the cameras then makes
-the pipeline drop frames rather than publish ever older ones, so latency stays bounded.
+Nothing is dropped here: every result that reaches this stage was computed, and is published,
+however old it is (frames are skipped ahead of detect, never after).
 
 Offline runs end here: when every expected camera's `EndMsg` has arrived (the track stage
-sends it after the camera's last frame), the sinks are flushed and closed and ``on_done`` is
-called; the supervisor then stops the pipeline and exits 0.
+sends it after the camera's last frame), the sinks are flushed and closed — the Redis sink
+waits for an outage to end so that no offline result is lost — and ``on_done`` is called; the
+supervisor then stops the pipeline. Results a sink could not write anyway (the run was stopped
+during an outage, or ``give_up_after_s`` expired) are in `stats` (``unwritten``); the run then
+exits with `EXIT_RESULTS_LOST`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from pipeline.messages import DropMsg, EndMsg, Message, TrackedMsg
+from pipeline.messages import EndMsg, Message, TrackedMsg
 from stages.sinks.messages import FrameResult
 
 log = logging.getLogger("edgestream.sink")
 
 STAGE = "sink"
+EXIT_RESULTS_LOST = 3  # the run's exit status when results of offline cameras were not written
 
 
 class ResultSink(Protocol):
@@ -41,7 +44,6 @@ class SinkStage:
     expected_cameras: the file cameras whose end finishes an offline run (empty: never ends).
     on_published(camera, e2e_latency_s, stage_ts): after each frame was handed to the sinks.
     on_done(): once every expected camera ended and the sinks were flushed.
-    realtime_cameras / max_age_s: live cameras whose stale frames are dropped (None: never).
     """
 
     def __init__(
@@ -50,17 +52,12 @@ class SinkStage:
         expected_cameras: Iterable[str] = (),
         on_published: Callable[[str, float, dict[str, float]], None] | None = None,
         on_done: Callable[[], None] | None = None,
-        realtime_cameras: Container[str] = (),
-        max_age_s: float | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.expected = frozenset(expected_cameras)
         self.ended: set[str] = set()
         self.on_published = on_published
         self.on_done = on_done
-        self.realtime = realtime_cameras
-        self.max_age_s = max_age_s
-        self.stale = 0
         self.published = 0
         self.done = False
         self._closed = False
@@ -71,13 +68,6 @@ class SinkStage:
 
     def process(self, msg: Message) -> Iterable[Message]:
         if isinstance(msg, TrackedMsg):
-            if (
-                self.max_age_s is not None
-                and msg.camera_id in self.realtime
-                and time.time() - msg.capture_ts > self.max_age_s
-            ):
-                self.stale += 1
-                return [DropMsg(msg.camera_id, msg.seq, STAGE, "stale", msg.frame_id)]
             frame = msg.to_frame_result()
             for s in self.sinks:
                 s.process(frame)
@@ -100,11 +90,26 @@ class SinkStage:
         return []
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"published": self.published, "stale": self.stale}
+        """``published``, each sink's own stats under its class name, and per sink (by its
+        ``name``) the results not written: ``unwritten`` (lost, or still buffered: lost too if
+        the stage ends now) and ``unwritten_offline`` (those of offline cameras)."""
+        out: dict[str, Any] = {"published": self.published}
+        unwritten: dict[str, int] = {}
+        unwritten_offline: dict[str, int] = {}
         for s in self.sinks:
             fn = getattr(s, "stats", None)
-            if callable(fn):
-                out[type(s).__name__] = fn()
+            if not callable(fn):
+                continue
+            st = fn()
+            out[type(s).__name__] = st
+            if "lost_results" in st:
+                name = str(getattr(s, "name", type(s).__name__))
+                unwritten[name] = int(st["lost_results"]) + int(st.get("held_results", 0))
+                unwritten_offline[name] = int(st.get("lost_offline_results", 0)) + int(
+                    st.get("held_offline_results", 0)
+                )
+        out["unwritten"] = unwritten
+        out["unwritten_offline"] = unwritten_offline
         return out
 
     def _close_sinks(self) -> None:

@@ -198,20 +198,20 @@ def tracked(cam: str, seq: int, ts: float) -> TrackedMsg:
     return TrackedMsg(cam, seq, seq, ts, 640, 480, (), (), {"detect": ts})
 
 
-def test_sink_glue_ends_offline_runs_and_drops_stale_live_frames() -> None:
+def test_sink_glue_publishes_every_result_and_ends_offline_runs() -> None:
     sink = ListSink()
     done: list[bool] = []
     published: list[str] = []
     stage = SinkStage([sink], expected_cameras=["f1", "f2"], on_done=lambda: done.append(True),
-                      on_published=lambda cam, lat, ts: published.append(cam),
-                      realtime_cameras=["live"], max_age_s=0.5)  # fmt: skip
+                      on_published=lambda cam, lat, ts: published.append(cam))  # fmt: skip
     stage.setup()
     now = time.time()
-    stage.process(tracked("f1", 0, now - 100))  # offline: never stale
-    (drop,) = stage.process(tracked("live", 0, now - 10))
-    assert isinstance(drop, DropMsg) and drop.reason == "stale"
+    # nothing is dropped after detection: an old result is published, live or not
+    assert list(stage.process(tracked("f1", 0, now - 100))) == []
+    assert list(stage.process(tracked("live", 0, now - 10))) == []
     stage.process(tracked("live", 1, now))
-    assert published == ["f1", "live"] and len(sink.frames) == 2
+    assert published == ["f1", "live", "live"] and len(sink.frames) == 3
+    assert stage.stats() == {"published": 3, "unwritten": {}, "unwritten_offline": {}}
     stage.process(EndMsg("f1", 0))
     assert not done
     stage.process(EndMsg("f2", -1))
