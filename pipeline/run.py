@@ -10,6 +10,10 @@ Command line::
 With ``--no-realtime`` and only file sources, ``run`` exits 0 once the last frame of every
 file has been published. SIGTERM / Ctrl-C stop it (exit 0) within 10 s. A weights file that
 cannot run as configured is refused before any process starts: one error line, exit 2.
+Offline results are written before the run ends: a Redis outage holds the pipeline until
+Redis is back. Exit 3: results of ``realtime: false`` cameras were not written (the run was
+stopped during a sink outage, or the Redis sink's ``give_up_after_s`` expired); the last
+summary line says how many, per sink (``not written: redis 120 (120 offline)``).
 
 From code (a demo, a test)::
 
@@ -39,6 +43,7 @@ from pipeline.config import (
 from pipeline.logs import setup_from_config, summary_line
 from pipeline.procs import model_info_of
 from pipeline.sdnotify import SystemdNotifier
+from pipeline.sink_stage import EXIT_RESULTS_LOST
 from pipeline.supervisor import Supervisor
 
 log = logging.getLogger("edgestream.run")
@@ -46,8 +51,10 @@ log = logging.getLogger("edgestream.run")
 
 def pipeline_stats(s: Supervisor) -> dict[str, Any]:
     """``{"cameras": {id: {...}}, "batches": {...}, "restarts": {...}, "pids": {...},
-    "alive": bool, "done": bool}``; per camera see `pipeline.stats.StatsBoard.cameras`."""
+    "alive": bool, "done": bool, "unwritten": {sink: {"results", "offline"}}}``; per camera
+    see `pipeline.stats.StatsBoard.cameras`, for ``unwritten`` `StatsBoard.unwritten`."""
     return {
+        "unwritten": s.board.unwritten(),
         "cameras": s.board.cameras(),
         "batches": s.board.batches(),
         "restarts": {k: c.restarts for k, c in s.children.items()},
@@ -123,7 +130,10 @@ class Pipeline:
         self._halt.set()
         if self._thread is not None:
             self._thread.join(2.0)
-        return 2 if self.supervisor.fatal is not None else 0
+        if self.supervisor.fatal is not None:
+            return 2
+        lost = self.supervisor.board.unwritten().values()
+        return EXIT_RESULTS_LOST if any(v["offline"] for v in lost) else 0
 
     def __enter__(self) -> Pipeline:
         return self.start()
@@ -133,7 +143,8 @@ class Pipeline:
 
 
 def run_pipeline(cfg: PipelineConfig) -> int:
-    """Run until SIGTERM/SIGINT (0), the end of an offline run (0), or a fatal error (2)."""
+    """Run until SIGTERM/SIGINT (0), the end of an offline run (0), or a fatal error (2);
+    3 when results of offline cameras were not written."""
     setup_from_config(cfg, "supervisor")
     model = model_info_of(cfg)  # fail fast: a bad weights file stops here, nothing started
     sup = Supervisor(cfg, log_level=cfg.logging.level, model=model)
@@ -142,8 +153,20 @@ def run_pipeline(cfg: PipelineConfig) -> int:
     if notifier is not None:
         sup.on_poll.append(notifier)
     code = sup.run()
-    log.info("%s", summary_line(pipeline_stats(sup)))
+    log.log(logging.ERROR if code else logging.INFO, "%s", final_summary(pipeline_stats(sup)))
     return code
+
+
+def final_summary(stats: dict[str, Any]) -> str:
+    """The summary line, plus the results each sink did not write (lost: the run is over)."""
+    line = summary_line(stats)
+    lost = stats.get("unwritten") or {}
+    if lost:
+        line += " | not written: " + ", ".join(
+            f"{name} {v['results']}" + (f" ({v['offline']} offline)" if v["offline"] else "")
+            for name, v in lost.items()
+        )
+    return line
 
 
 # ------------------------------------------------------------------------------------ CLI

@@ -321,7 +321,9 @@ class Supervisor:
     def run(self, poll_s: float = 0.1, until: Callable[[], bool] | None = None) -> int:
         """Start, supervise until a signal, an offline run's end or a fatal error; stop.
 
-        Returns the exit status: 0 (signal or offline end), 2 (fatal configuration error).
+        Returns the exit status: 0 (signal or offline end), 2 (fatal configuration error),
+        3 (`pipeline.sink_stage.EXIT_RESULTS_LOST`: results of ``realtime: false`` cameras
+        were not written: the run was stopped during a sink outage, or ``give_up_after_s``).
         """
         set_title(f"edgestream[{self.cfg.name}] supervisor")
         faulthandler.enable()
@@ -350,6 +352,15 @@ class Supervisor:
         if self.fatal is not None:
             log.error("pipeline %s failed: %s", self.cfg.name, self.fatal)
             return 2
+        from pipeline.sink_stage import EXIT_RESULTS_LOST
+
+        # the sink's last stats arrived before stop() returned (it drains after the joins)
+        lost = {k: v["offline"] for k, v in self.board.unwritten().items() if v["offline"]}
+        if lost:
+            log.error("pipeline %s: results of offline cameras not written: %s (exit %d)",
+                      self.cfg.name, ", ".join(f"{k} {n}" for k, n in lost.items()),
+                      EXIT_RESULTS_LOST)  # fmt: skip
+            return EXIT_RESULTS_LOST
         return 0
 
 
