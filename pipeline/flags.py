@@ -46,8 +46,12 @@ class RunFlags:
     done: set by the sink when every file camera ended and its results were written.
     model_ready: set by detect once its model is loaded and warmed; decode opens its cameras
         only then, so the first seconds of a file are not read before anything can detect them.
+    stopping: set by the supervisor when the whole pipeline stops (a stage's own stop flag is
+        set only when its turn comes, upstream first); a sink holding the pipeline during an
+        outage gives up at once instead of holding the stages before it past their budget.
     """
 
     def __init__(self, ctx: Any) -> None:
         self.done = SharedFlag(ctx)
         self.model_ready = SharedFlag(ctx)
+        self.stopping = SharedFlag(ctx)

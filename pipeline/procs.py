@@ -340,8 +340,13 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         from stages.sinks.redis import RedisSink
 
         # offline cameras' results are never dropped: the sink holds the pipeline instead
-        sinks.append(RedisSink(redis_cfg, lossless=lambda cam: cam not in live,
-                               stop_requested=stop.is_set))  # fmt: skip
+        sinks.append(
+            RedisSink(
+                redis_cfg,
+                lossless=lambda cam: cam not in live,
+                stop_requested=lambda: stop.is_set() or flags.stopping.is_set(),
+            )
+        )
     jsonl_cfg = jsonl_sink_config(cfg)
     if jsonl_cfg is not None:
         import dataclasses

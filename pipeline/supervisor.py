@@ -258,6 +258,7 @@ class Supervisor:
         if self.stopping:
             return
         self.stopping = True
+        self.flags.stopping.set()
         t0 = time.monotonic()
         deadline = t0 + max(0.5, self.stop_timeout_s - 2.0)  # the rest: kill and clean up
         order = list(self.children.values())  # pipeline order: upstream drains first
