@@ -370,6 +370,7 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         expected_cameras=files if everything_ends else (),
         on_published=reporter.published_frame,
         on_done=flags.done.set,
+        file_cameras=frozenset(c.id for c in cfg.effective_cameras() if c.kind == "file"),
     )
     reporter.source(lambda: {"sinks": stage.stats()})
     _run(stage, "sink", edges["tracked"], None, cfg, stop, reporter)

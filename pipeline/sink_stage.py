@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, Protocol
 
 from pipeline.messages import EndMsg, Message, TrackedMsg
@@ -42,8 +42,13 @@ class SinkStage:
     """``setup() / process(msg) / close()`` fanning each frame out to ``sinks``.
 
     expected_cameras: the file cameras whose end finishes an offline run (empty: never ends).
-    on_published(camera, e2e_latency_s, stage_ts): after each frame was handed to the sinks.
+    on_published(camera, latency_s, stage_ts): after each frame was handed to the sinks;
+        latency_s is capture → publish, or receive → publish for ``file_cameras``.
     on_done(): once every expected camera ended and the sinks were flushed.
+    file_cameras: cameras whose capture time is a file's media time (open time + pts): read
+        offline faster or slower than real time, "capture to publish" would measure how far
+        decode ran ahead, not how long a frame took; theirs is measured from when decode
+        handed the frame over.
     """
 
     def __init__(
@@ -52,8 +57,10 @@ class SinkStage:
         expected_cameras: Iterable[str] = (),
         on_published: Callable[[str, float, dict[str, float]], None] | None = None,
         on_done: Callable[[], None] | None = None,
+        file_cameras: Container[str] = (),
     ) -> None:
         self.sinks = list(sinks)
+        self.file_cameras = file_cameras
         self.expected = frozenset(expected_cameras)
         self.ended: set[str] = set()
         self.on_published = on_published
@@ -73,7 +80,10 @@ class SinkStage:
                 s.process(frame)
             self.published += 1
             if self.on_published is not None:
-                self.on_published(msg.camera_id, time.time() - msg.capture_ts, msg.stage_ts)
+                start = msg.capture_ts
+                if msg.camera_id in self.file_cameras:
+                    start = msg.stage_ts.get("decode", start)
+                self.on_published(msg.camera_id, time.time() - start, msg.stage_ts)
         elif isinstance(msg, EndMsg):
             self.ended.add(msg.camera_id)
             log.info("camera %s: end of file (last seq %d) published", msg.camera_id, msg.last_seq)

@@ -222,3 +222,19 @@ def test_sink_glue_publishes_every_result_and_ends_offline_runs() -> None:
 
 def test_no_segments_left_by_these_tests() -> None:
     assert not [p for p in Path("/dev/shm").glob(f"edgestream-t-{os.getpid()}-*")]
+
+
+def test_sink_measures_file_cameras_from_receive_not_from_media_time() -> None:
+    """A file read offline runs ahead of its media time (capture_ts = open time + pts): its
+    latency is receive -> publish; a live camera's stays capture -> publish."""
+    latency: dict[str, float] = {}
+    stage = SinkStage([ListSink()], file_cameras={"file"},
+                      on_published=lambda cam, lat, ts: latency.update({cam: lat}))  # fmt: skip
+    stage.setup()
+    now = time.time()
+    ahead = TrackedMsg("file", 0, 0, now + 60, 640, 480, (), (), {"decode": now - 0.2})
+    stage.process(ahead)
+    stage.process(TrackedMsg("live", 0, 0, now - 0.5, 640, 480, (), (), {"decode": now - 0.1}))
+    stage.close()
+    assert 0.2 <= latency["file"] < 5
+    assert 0.5 <= latency["live"] < 5
