@@ -66,6 +66,46 @@ def greedy_rows_cpu(
     return keep
 
 
+def passes_conf(scores: np.ndarray, conf: float, multi_label: bool) -> np.ndarray:
+    """The reference's score threshold, in float32: a multi-label candidate (one (anchor,
+    class) pair) needs ``> conf``, a single-label one (each anchor's best class) ``>= conf``
+    (the reference's own asymmetry)."""
+    c = np.float32(conf)
+    return np.greater(scores, c) if multi_label else np.greater_equal(scores, c)
+
+
+def slice_nms_outputs(
+    num_dets: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    conf: float,
+    multi_label: bool,
+) -> list[Detections]:
+    """One `Detections` per image from in-graph NMS outputs (``num_dets`` (B, 1), ``det_boxes``
+    (B, K, 4), ``det_scores`` (B, K), ``det_classes`` (B, K); ONNX ``nms="onnx"`` or TensorRT
+    EfficientNMS_TRT), already on the host. The graph's thresholds were fixed at export time,
+    so ``conf`` can only raise the score threshold: it applies `passes_conf` with the graph's
+    ``multi_label`` mode, which is the reference's answer at ``conf`` (and keeps every row
+    when ``conf`` is at or below the graph's own). Boxes stay in model-input pixels, rows in
+    the graph's order (best first); the arrays returned are copies, so the caller may reuse
+    its output buffers."""
+    num = num_dets.reshape(num_dets.shape[0], -1)[:, 0]
+    out = []
+    for i in range(num.shape[0]):
+        n = int(num[i])
+        s = scores[i, :n].astype(np.float32, copy=False)
+        keep = passes_conf(s, conf, multi_label)
+        out.append(
+            Detections(
+                boxes=boxes[i, :n][keep].astype(np.float32, copy=False),
+                scores=s[keep],
+                class_ids=classes[i, :n][keep].astype(np.int64, copy=False),
+            )
+        )
+    return out
+
+
 def postprocess_one_np(
     boxes: np.ndarray, scores: np.ndarray, params: NMSParams, class_agnostic: bool = False
 ) -> Detections:
@@ -73,12 +113,12 @@ def postprocess_one_np(
     boxes = boxes.astype(np.float32, copy=False)
     scores = scores.astype(np.float32, copy=False)
     if params.multi_label:  # every (anchor, class) above conf, anchor-major
-        anchor, cls = np.nonzero(scores > np.float32(params.conf))
+        anchor, cls = np.nonzero(passes_conf(scores, params.conf, multi_label=True))
         cand_boxes, cand_scores = boxes[anchor], scores[anchor, cls]
     else:  # each anchor's best class, kept at >= conf (the reference's own asymmetry)
         cls = np.argmax(scores, axis=1)
         best = np.take_along_axis(scores, cls[:, None], axis=1)[:, 0]
-        mask = best >= np.float32(params.conf)
+        mask = passes_conf(best, params.conf, multi_label=False)
         cand_boxes, cand_scores, cls = boxes[mask], best[mask], cls[mask]
     cand_cls = cls.astype(np.int64, copy=False)
     # descending by score, equal scores in candidate order (torch.sort(stable=True)); the

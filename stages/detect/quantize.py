@@ -415,10 +415,10 @@ class OrtModel:
                 torch.from_numpy(outs["scores"].astype(np.float32)),
                 self.nms_params,
             )
-        from stages.detect.backends.tensorrt_backend import slice_efficient_nms
+        from stages.detect.postprocess_np import slice_nms_outputs
 
-        return slice_efficient_nms(
-            outs["num_dets"], outs["det_boxes"], outs["det_scores"], outs["det_classes"], 0.0
+        return slice_nms_outputs(
+            outs["num_dets"], outs["det_boxes"], outs["det_scores"], outs["det_classes"], 0.0, True
         )
 
 

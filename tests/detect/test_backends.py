@@ -354,3 +354,27 @@ def test_detector_runs_on_either_backend(tmp_path: Path) -> None:
     assert_same_detections(got, want, box_atol=1e-3, score_atol=1e-6)
     by_torch.close()
     by_ort.close()
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_ort_in_graph_nms_raised_conf_at_a_score_matches_raw(
+    tmp_path: Path, multi_label: bool
+) -> None:
+    """Raising conf to exactly a detection's score gives what the raw export and the
+    reference postprocessing give at that conf: the boundary row is dropped for multi-label
+    (> conf) and kept for single-label (>= conf)."""
+    model = TinyDetector()
+    graph = NMSParams(conf=0.1, multi_label=multi_label)
+    nms = export_onnx(model, tmp_path / "n.onnx", nms="onnx", nms_params=graph, input_hw=HW)
+    raw = export_onnx(model, tmp_path / "r.onnx", input_hw=HW)
+    batch = tiny_batch()[:1]
+    with OnnxRuntimeBackend(nms, nms_params=graph) as backend:
+        [base] = backend.infer(batch)
+    conf = float(base.scores[len(base) // 2])
+    asked = NMSParams(conf=conf, multi_label=multi_label)
+    with OnnxRuntimeBackend(nms, nms_params=asked) as backend:
+        [got] = backend.infer(batch)
+    with OnnxRuntimeBackend(raw, nms_params=asked) as backend:
+        [want] = backend.infer(batch)
+    assert (conf in want.scores.tolist()) is not multi_label  # the boundary row itself
+    assert_same_detections([got], [want], box_atol=1e-4, score_atol=1e-6)

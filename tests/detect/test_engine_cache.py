@@ -24,7 +24,6 @@ from stages.detect.backends.tensorrt_backend import (
     TensorRTError,
     output_layout,
     resolve_max_batch,
-    slice_efficient_nms,
 )
 from stages.detect.engine_cache import (
     MIN_ENGINE_BYTES,
@@ -481,16 +480,3 @@ def test_resolve_max_batch() -> None:
     assert resolve_max_batch(4, 1, 8) == 4
     with pytest.raises(TensorRTError, match="rebuild"):
         resolve_max_batch(16, 1, 8)
-
-
-def test_slice_efficient_nms() -> None:
-    import numpy as np
-
-    num = np.array([[2], [0]], np.int32)
-    boxes = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
-    scores = np.array([[0.9, 0.2, 0, 0], [0, 0, 0, 0]], np.float32)
-    classes = np.array([[3, 1, 0, 0], [0, 0, 0, 0]], np.int32)
-    out = slice_efficient_nms(num, boxes, scores, classes, conf=0.25)
-    assert len(out) == 2 and len(out[0]) == 1 and len(out[1]) == 0
-    assert out[0].class_ids.dtype == np.int64 and out[0].class_ids[0] == 3
-    np.testing.assert_array_equal(out[0].boxes[0], boxes[0, 0])

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.detect.postprocess_np import postprocess_np
+from stages.detect.postprocess_np import passes_conf, postprocess_np, slice_nms_outputs
 from stages.detect.types import NMSParams
 
 torch = pytest.importorskip("torch")
@@ -88,3 +88,35 @@ def test_shape_errors() -> None:
         postprocess_np(np.zeros((10, 4)), np.zeros((10, 3)), NMSParams())
     with pytest.raises(ValueError, match="disagree"):
         postprocess_np(np.zeros((1, 10, 4)), np.zeros((1, 11, 3)), NMSParams())
+
+
+def test_slice_nms_outputs() -> None:
+    num = np.array([[2], [0]], np.int32)
+    boxes = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    scores = np.array([[0.9, 0.2, 0, 0], [0, 0, 0, 0]], np.float32)
+    classes = np.array([[3, 1, 0, 0], [0, 0, 0, 0]], np.int32)
+    out = slice_nms_outputs(num, boxes, scores, classes, conf=0.25, multi_label=True)
+    assert len(out) == 2 and len(out[0]) == 1 and len(out[1]) == 0
+    assert out[0].class_ids.dtype == np.int64 and out[0].class_ids[0] == 3
+    np.testing.assert_array_equal(out[0].boxes[0], boxes[0, 0])
+    boxes[0, 0] = -1  # the caller may reuse its buffers: the detections are copies
+    assert out[0].boxes[0, 0] == 0
+
+
+@pytest.mark.parametrize("multi_label", [True, False])
+def test_slice_nms_outputs_at_a_score_equal_to_conf(multi_label: bool) -> None:
+    """The boundary: a row whose score is exactly ``conf`` survives as in the reference at
+    that conf, i.e. dropped for multi-label (> conf) and kept for single-label (>= conf)."""
+    s = np.float32(0.53797626)
+    num = np.array([[3]], np.int64)
+    boxes = np.zeros((1, 4, 4), np.float32)
+    scores = np.array([[0.9, s, 0.3, 0]], np.float32)
+    classes = np.array([[1, 2, 3, -1]], np.int64)
+    [d] = slice_nms_outputs(num, boxes, scores, classes, float(s), multi_label)
+    assert d.class_ids.tolist() == ([1] if multi_label else [1, 2])
+    # the reference at that conf, on raw scores (zero-area boxes: NMS suppresses nothing)
+    raw = np.array([[0.1, float(s)], [float(s), 0.0]], np.float32)
+    want = postprocess(torch.zeros(1, 2, 4), torch.from_numpy(raw[None]),
+                       NMSParams(conf=float(s), multi_label=multi_label, iou=1.0))  # fmt: skip
+    assert len(want[0]) == (0 if multi_label else 2)
+    assert passes_conf(raw[0], float(s), multi_label).tolist() == [False, not multi_label]

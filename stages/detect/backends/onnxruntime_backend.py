@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from stages.detect.describe import info_from_onnx_metadata
-from stages.detect.postprocess_np import postprocess_np
+from stages.detect.postprocess_np import postprocess_np, slice_nms_outputs
 from stages.detect.preprocess import to_float
 from stages.detect.types import Detections, ModelInfo, NMSParams
 
@@ -274,29 +274,16 @@ class OnnxRuntimeBackend:
         return self._slice_nms(outputs)
 
     def _slice_nms(self, outputs: dict[str, np.ndarray]) -> list[Detections]:
-        num = outputs["num_dets"].reshape(-1)
-        boxes, scores, classes = (
+        # the graph's own mode decides > or >= (see `passes_conf`); the asked one if unknown
+        multi_label = (self._graph_nms or self.nms_params).multi_label
+        return slice_nms_outputs(
+            outputs["num_dets"],
             outputs["det_boxes"],
             outputs["det_scores"],
             outputs["det_classes"],
+            self.nms_params.conf,
+            multi_label,
         )
-        graph_conf = self._graph_nms.conf if self._graph_nms else None
-        dets = []
-        for i in range(num.shape[0]):
-            n = int(num[i])
-            s = scores[i, :n].astype(np.float32)
-            if graph_conf is not None and self.nms_params.conf > graph_conf:
-                keep = s > self.nms_params.conf  # raise the threshold (reference: strict >)
-            else:
-                keep = np.ones(n, dtype=bool)
-            dets.append(
-                Detections(
-                    boxes=boxes[i, :n][keep].astype(np.float32),
-                    scores=s[keep],
-                    class_ids=classes[i, :n][keep].astype(np.int64),
-                )
-            )
-        return dets
 
     def close(self) -> None:
         """Release the session (idempotent)."""

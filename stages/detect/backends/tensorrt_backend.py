@@ -44,6 +44,7 @@ from stages.detect.engine_cache import (
     sidecar_path,
     tuning_mismatch,
 )
+from stages.detect.postprocess_np import slice_nms_outputs
 from stages.detect.types import Detections, ModelInfo, NMSParams
 
 log = logging.getLogger(__name__)
@@ -81,30 +82,6 @@ def resolve_max_batch(requested: int | None, profile_min: int, profile_max: int)
             f"{profile_max}): rebuild the engine with max_batch={requested}"
         )
     return requested
-
-
-def slice_efficient_nms(
-    num_dets: np.ndarray,
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray,
-    conf: float,
-) -> list[Detections]:
-    """Turn EfficientNMS_TRT outputs (already on the host) into one `Detections` per image.
-    Boxes stay in model-input pixels; rows are already sorted by score by the plugin."""
-    out = []
-    for i in range(num_dets.shape[0]):
-        n = int(num_dets[i].reshape(-1)[0])
-        s = scores[i, :n].astype(np.float32, copy=False)
-        keep = s >= conf
-        out.append(
-            Detections(
-                boxes=boxes[i, :n][keep].astype(np.float32, copy=True),
-                scores=s[keep].copy(),
-                class_ids=classes[i, :n][keep].astype(np.int64),
-            )
-        )
-    return out
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> Any:
@@ -362,8 +339,14 @@ class TensorRTBackend:
             self._host_out[name][:b].copy_(self._out[name][:b], non_blocking=True)
         self.stream.synchronize()
         h = {n: self._host_out[n][:b].numpy() for n in NMS_OUTPUTS}
-        return slice_efficient_nms(
-            h["num_dets"], h["det_boxes"], h["det_scores"], h["det_classes"], self.nms_params.conf
+        # EfficientNMS_TRT's candidates are (box, class) pairs: multi-label thresholding
+        return slice_nms_outputs(
+            h["num_dets"],
+            h["det_boxes"],
+            h["det_scores"],
+            h["det_classes"],
+            self.nms_params.conf,
+            multi_label=True,
         )
 
     def close(self) -> None:
@@ -393,5 +376,4 @@ __all__ = [
     "TensorRTError",
     "output_layout",
     "resolve_max_batch",
-    "slice_efficient_nms",
 ]
