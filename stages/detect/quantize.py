@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stages.detect.backends.onnxruntime_backend import OnnxRuntimeBackend
 from stages.detect.engine_cache import inspect_onnx, spinner
 from stages.detect.types import Detections, NMSParams
 
@@ -361,65 +362,16 @@ def _copy_metadata(src: Path, out: Path, precision: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class OrtModel:
-    """Minimal ONNX Runtime runner: uint8 letterboxed batch in, `Detections` + raw out."""
-
-    def __init__(self, onnx_path: str | Path, nms_params: NMSParams) -> None:
-        import onnxruntime as ort
-
-        self.path = Path(onnx_path)
-        facts = inspect_onnx(self.path)
-        self.input_name, self.input_dtype, self.input_hw = (
-            facts.input_name,
-            facts.input_dtype,
-            facts.input_hw,
-        )
-        self.fixed_batch = None if facts.dynamic_batch else int(facts.input_shape[0])
-        self.nms_params = nms_params
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(self.path), opts, providers=["CPUExecutionProvider"]
-        )
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, batch_u8: np.ndarray) -> tuple[list[Detections], dict[str, np.ndarray]]:
-        chunk = self.fixed_batch or len(batch_u8)
-        dets: list[Detections] = []
-        raws: list[dict[str, np.ndarray]] = []
-        for i in range(0, len(batch_u8), chunk):
-            part = batch_u8[i : i + chunk]
-            n = len(part)
-            if self.fixed_batch and n < chunk:
-                part = np.concatenate([part, np.repeat(part[-1:], chunk - n, 0)])
-            x = part if self.input_dtype == "uint8" else part.astype(np.float32) / np.float32(255.0)
-            if self.input_dtype == "float16":
-                x = x.astype(np.float16)
-            outs = dict(
-                zip(self.output_names, self.session.run(None, {self.input_name: x}), strict=True)
-            )
-            outs = {k: v[:n] for k, v in outs.items()}
-            dets.extend(self._detections(outs))
-            raws.append(outs)
-        raw = {k: np.concatenate([r[k] for r in raws]) for k in raws[0]}
-        return dets, raw
-
-    def _detections(self, outs: dict[str, np.ndarray]) -> list[Detections]:
-        if "boxes" in outs and "scores" in outs:
-            import torch
-
-            from stages.detect.postprocess import postprocess
-
-            return postprocess(
-                torch.from_numpy(outs["boxes"].astype(np.float32)),
-                torch.from_numpy(outs["scores"].astype(np.float32)),
-                self.nms_params,
-            )
-        from stages.detect.postprocess_np import slice_nms_outputs
-
-        return slice_nms_outputs(
-            outs["num_dets"], outs["det_boxes"], outs["det_scores"], outs["det_classes"], 0.0, True
-        )
+def cpu_backend(onnx_path: str | Path, nms_params: NMSParams, max_batch: int) -> OnnxRuntimeBackend:
+    """The `OnnxRuntimeBackend` that agreement checks run on: CPU only, so the reference
+    and the converted model meet the same kernels; its ``outputs`` gives the raw tensors and
+    ``detections`` turns them into `Detections`."""
+    return OnnxRuntimeBackend(
+        onnx_path,
+        providers=["CPUExecutionProvider"],
+        max_batch=max(1, max_batch),
+        nms_params=nms_params,
+    )
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -514,11 +466,14 @@ def agreement(
     fp16 overflow shows up here first).
     """
     params = nms_params or NMSParams()
-    a, b = OrtModel(fp32_onnx, params), OrtModel(other_onnx, params)
     frames = load_frames(images, num_images)
-    batch = model_input(frames, "uint8", a.input_hw)
-    dets_a, raw_a = a.run(batch)
-    dets_b, raw_b = b.run(batch)
+    with (
+        cpu_backend(fp32_onnx, params, len(frames)) as a,
+        cpu_backend(other_onnx, params, len(frames)) as b,
+    ):
+        batch = model_input(frames, "uint8", a.input_hw)
+        raw_a, raw_b = a.outputs(batch), b.outputs(batch)
+        dets_a, dets_b = a.detections(raw_a), b.detections(raw_b)
     result: dict[str, Any] = agreement_of(dets_a, dets_b, iou_threshold)
     # inf/NaN in the converted model's outputs: the tell-tale of an fp16 overflow.
     result["nonfinite_outputs"] = int(
@@ -536,11 +491,11 @@ def agreement(
 
 
 __all__ = [
-    "OrtModel",
     "QuantizeError",
     "agreement",
     "agreement_of",
     "box_iou",
+    "cpu_backend",
     "evenly_spaced",
     "load_frames",
     "match_detections",

@@ -116,6 +116,8 @@ def test_ort_fixed_batch_pads_the_last_chunk(tmp_path: Path) -> None:
     with OnnxRuntimeBackend(path, max_batch=3) as backend:
         assert backend.fixed_batch == 2
         dets = backend.infer(tiny_batch())  # 3 images: runs of 2 + (1 + 1 padding)
+        raw = backend.outputs(tiny_batch())
+    assert set(raw) == {"boxes", "scores"} and len(raw["boxes"]) == len(raw["scores"]) == 3
     want = TorchBackend(model, info=ModelInfo(input_hw=HW), max_batch=3).infer(tiny_batch())
     assert_same_detections(dets, want, box_atol=1e-4, score_atol=1e-6)
 

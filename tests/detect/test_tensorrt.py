@@ -25,8 +25,8 @@ from stages.detect.engine_cache import (
 )
 from stages.detect.export import export_onnx
 from stages.detect.quantize import (
-    OrtModel,
     agreement_of,
+    cpu_backend,
     model_input,
     modelopt_available,
     quantize_onnx,
@@ -64,7 +64,8 @@ def batch(n: int = 4) -> np.ndarray:
 
 
 def ort_dets(onnx_path: Path, x: np.ndarray) -> list:
-    return OrtModel(onnx_path, PARAMS).run(x)[0]
+    with cpu_backend(onnx_path, PARAMS, len(x)) as backend:
+        return backend.infer(x)
 
 
 @pytest.mark.parametrize("kind", ["float", "uint8"])

@@ -190,7 +190,8 @@ class OnnxRuntimeBackend:
         if self.layout == "raw":
             by_name = {o.name: o for o in self._session.get_outputs()}
             b_shape, s_shape = by_name["boxes"].shape, by_name["scores"].shape
-            if len(b_shape) != 3 or b_shape[-1] != 4 or len(s_shape) != 3:
+            four = b_shape[-1] == 4 or not isinstance(b_shape[-1], int)  # or symbolic
+            if len(b_shape) != 3 or not four or len(s_shape) != 3:
                 raise OnnxModelError(
                     f"{self.path}: boxes {b_shape} / scores {s_shape}; expected (B, N, 4) and "
                     "(B, N, C)"
@@ -236,6 +237,11 @@ class OnnxRuntimeBackend:
 
     def infer(self, batch: np.ndarray) -> list[Detections]:
         """Detections per image, in model-input pixels, for a uint8 (B, 3, H, W) RGB batch."""
+        return self.detections(self.outputs(batch))
+
+    def outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs by name, before any postprocessing, for a uint8 (B, 3, H, W)
+        RGB batch (a fixed-batch graph runs in chunks; rows of padding are dropped)."""
         h, w = self.input_hw
         if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4:
             raise ValueError(
@@ -248,17 +254,26 @@ class OnnxRuntimeBackend:
         if not 1 <= b <= self.max_batch:
             raise ValueError(f"batch of {b} images; this backend takes 1..{self.max_batch}")
         step = self.fixed_batch or b
-        out: list[Detections] = []
+        parts: list[dict[str, np.ndarray]] = []
         for start in range(0, b, step):
             chunk = batch[start : start + step]
             n = chunk.shape[0]
             if n < step:  # a fixed-batch graph: pad with black images, drop their results
                 pad = np.zeros((step - n, *chunk.shape[1:]), np.uint8)
                 chunk = np.concatenate([chunk, pad])
-            out.extend(self._run(chunk)[:n])
-        return out
+            parts.append({k: v[:n] for k, v in self._run(chunk).items()})
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([part[k] for part in parts]) for k in self.output_names}
 
-    def _run(self, chunk: np.ndarray) -> list[Detections]:
+    def detections(self, outputs: dict[str, np.ndarray]) -> list[Detections]:
+        """Detections per image from `outputs`: postprocessed with ``nms_params`` (raw
+        export) or sliced (in-graph NMS)."""
+        if self.layout == "raw":
+            return _postprocess(outputs["boxes"], outputs["scores"], self.nms_params)
+        return self._slice_nms(outputs)
+
+    def _run(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
         x: np.ndarray
         if self.input_dtype == "uint8":
             x = np.ascontiguousarray(chunk)
@@ -266,12 +281,9 @@ class OnnxRuntimeBackend:
             x = to_float(chunk).astype(np.float16)
         else:
             x = to_float(chunk)
-        outputs = dict(
+        return dict(
             zip(self.output_names, self._session.run(None, {self.input_name: x}), strict=True)
         )
-        if self.layout == "raw":
-            return _postprocess(outputs["boxes"], outputs["scores"], self.nms_params)
-        return self._slice_nms(outputs)
 
     def _slice_nms(self, outputs: dict[str, np.ndarray]) -> list[Detections]:
         # the graph's own mode decides > or >= (see `passes_conf`); the asked one if unknown
