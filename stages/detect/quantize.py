@@ -36,12 +36,12 @@ import numpy as np
 
 from stages.detect.backends.onnxruntime_backend import OnnxRuntimeBackend
 from stages.detect.engine_cache import inspect_onnx, spinner
+from stages.detect.sources import IMAGE_SUFFIXES, SourceError, image_files, iter_frames
 from stages.detect.types import Detections, NMSParams
 
 log = logging.getLogger(__name__)
 
 QuantPrecision = Literal["fp16", "int8"]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".ts", ".m4v")
 INT8_CALIB_FRAMES = 32
 FP16_REFERENCE_FRAMES = 4
@@ -92,25 +92,23 @@ def _video_frame_count(path: Path) -> int:
         return sum(1 for p in container.demux(stream) if p.size)
 
 
-def read_video_frames(path: str | Path, num: int, progress: bool = False) -> list[np.ndarray]:
-    """``num`` evenly spaced RGB (H, W, 3) uint8 frames of a video, decoded with PyAV."""
-    import av
+def _sampled(source: Path, total: int, num: int, progress: bool) -> list[np.ndarray]:
+    """``num`` evenly spaced frames of ``total`` from `iter_frames`."""
     from tqdm.auto import tqdm
 
+    wanted = evenly_spaced(total, num)
+    frames = iter_frames(source, wanted)
+    bar = tqdm(frames, total=len(wanted), desc=f"frames of {source.name}", disable=not progress)
+    try:
+        return [f.rgb for f in bar]
+    except SourceError as e:
+        raise QuantizeError(str(e)) from e
+
+
+def read_video_frames(path: str | Path, num: int, progress: bool = False) -> list[np.ndarray]:
+    """``num`` evenly spaced RGB (H, W, 3) uint8 frames of a video, decoded with PyAV."""
     path = Path(path)
-    wanted = set(evenly_spaced(_video_frame_count(path), num))
-    frames: list[np.ndarray] = []
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        bar = tqdm(total=len(wanted), desc=f"frames of {path.name}", disable=not progress)
-        for i, frame in enumerate(container.decode(stream)):
-            if i in wanted:
-                frames.append(frame.to_ndarray(format="rgb24"))
-                bar.update(1)
-                if len(frames) == len(wanted):
-                    break
-        bar.close()
+    frames = _sampled(path, _video_frame_count(path), num, progress)
     if not frames:
         raise QuantizeError(f"no frames could be decoded from {path}")
     return frames
@@ -118,19 +116,12 @@ def read_video_frames(path: str | Path, num: int, progress: bool = False) -> lis
 
 def read_image_folder(path: str | Path, num: int, progress: bool = False) -> list[np.ndarray]:
     """``num`` evenly spaced images (sorted by name) of a folder, as RGB (H, W, 3) uint8."""
-    import cv2
-    from tqdm.auto import tqdm
-
-    files = sorted(p for p in Path(path).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise QuantizeError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {path}")
-    out = []
-    for i in tqdm(evenly_spaced(len(files), num), desc="calibration images", disable=not progress):
-        bgr = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise QuantizeError(f"cannot read image {files[i]}")
-        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))  # OpenCV decodes BGR; models want RGB
-    return out
+    path = Path(path)
+    try:
+        total = len(image_files(path))
+    except SourceError as e:
+        raise QuantizeError(str(e)) from e
+    return _sampled(path, total, num, progress)
 
 
 def synthetic_frames(num: int, hw: tuple[int, int] = (480, 640), seed: int = 0) -> list[np.ndarray]:
@@ -176,25 +167,13 @@ def load_frames(
         if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
             return read_video_frames(p, num, progress)
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            return read_image_folder_files([p])
+            return _sampled(p, 1, 1, progress)
         raise QuantizeError(f"{p}: not a video ({', '.join(VIDEO_SUFFIXES)}) or image folder")
     frames = list(source)
     for f in frames:
         if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
             raise QuantizeError(f"frames must be (H, W, 3) uint8 RGB, got {f.shape} {f.dtype}")
     return frames
-
-
-def read_image_folder_files(files: Sequence[Path]) -> list[np.ndarray]:
-    import cv2
-
-    out = []
-    for f in files:
-        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise QuantizeError(f"cannot read image {f}")
-        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    return out
 
 
 def model_input(

@@ -6,7 +6,7 @@ straight to RGB.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,35 +29,50 @@ class SourceError(ValueError):
 
 
 def read_image(path: Path) -> np.ndarray:
+    """One image file as RGB (H, W, 3) uint8."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise SourceError(f"{path}: not a readable image")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def iter_frames(source: Path) -> Iterator[Frame]:
-    """Yield frames of an image, a folder of images (sorted by name) or a video file."""
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder (not its subfolders), sorted by name; at least one."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise SourceError(f"{folder}: folder holds no images ({suffixes})")
+    return files
+
+
+def iter_frames(source: Path, indices: Iterable[int] | None = None) -> Iterator[Frame]:
+    """Yield frames of an image, a folder of images (sorted by name) or a video file.
+
+    indices: only the frames at these positions, in order (a folder reads only those files,
+    a video stops decoding after the last one); None: every frame.
+    """
+    wanted = None if indices is None else sorted(set(indices))
     if not source.exists():
         raise SourceError(f"{source}: no such file or folder")
     if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise SourceError(f"{source}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        for i, p in enumerate(files):
-            yield Frame(i, p.name, read_image(p))
+        files = image_files(source)
+        for i in range(len(files)) if wanted is None else [i for i in wanted if i < len(files)]:
+            yield Frame(i, files[i].name, read_image(files[i]))
     elif source.suffix.lower() in IMAGE_SUFFIXES:
-        yield Frame(0, source.name, read_image(source))
+        if wanted is None or 0 in wanted:
+            yield Frame(0, source.name, read_image(source))
     else:
-        yield from _iter_video(source)
+        yield from _iter_video(source, wanted)
 
 
-def _iter_video(path: Path) -> Iterator[Frame]:
+def _iter_video(path: Path, wanted: list[int] | None) -> Iterator[Frame]:
     import av
 
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as exc:
         raise SourceError(f"{path}: not a readable image or video ({exc})") from exc
+    keep = None if wanted is None else set(wanted)
     with container:
         if not container.streams.video:
             raise SourceError(f"{path}: has no video stream")
@@ -65,4 +80,7 @@ def _iter_video(path: Path) -> Iterator[Frame]:
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate) if stream.average_rate else None
         for i, frame in enumerate(container.decode(stream)):
-            yield Frame(i, path.name, frame.to_ndarray(format="rgb24"), fps)
+            if keep is None or i in keep:
+                yield Frame(i, path.name, frame.to_ndarray(format="rgb24"), fps)
+            if wanted is not None and (not wanted or i >= wanted[-1]):
+                return  # past the last frame asked for

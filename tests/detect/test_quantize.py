@@ -272,3 +272,20 @@ def test_yolo_nas_s_agreement(
     # Untrained weights blow activations up far past fp16's range, so only loose bounds hold
     # (see the issue note); what this guards is "the converted model runs and still detects".
     assert m["recall"] >= 0.3, m
+
+
+def test_iter_frames_reads_only_the_indices_asked_for(tmp_path: Path) -> None:
+    """The one frame reader (`stages.detect.sources.iter_frames`) behind `load_frames`."""
+    from stages.detect.sources import iter_frames
+
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / f"{i:02d}.png"), np.full((4, 6, 3), i, np.uint8))
+    (tmp_path / "03.png").write_bytes(b"not a png")  # never read: not asked for
+    got = list(iter_frames(tmp_path, [4, 0, 9]))
+    assert [(f.index, f.name, int(f.rgb[0, 0, 0])) for f in got] == [
+        (0, "00.png", 0),
+        (4, "04.png", 4),
+    ]
+    with pytest.raises(QuantizeError, match="not a readable image"):
+        load_frames(tmp_path, 5)
+    assert len(load_frames(tmp_path / "00.png", 3)) == 1

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from stages.detect.preprocess import PAD_VALUE
+from stages.detect.sources import SourceError, read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -275,10 +276,11 @@ NO_AUGMENT = Augment(0, 0, 0, 0, 0, 0, 0)
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DatasetError(f"{path}: cannot read the image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """`stages.detect.sources.read_image`, failing with a `DatasetError`."""
+    try:
+        return read_image(path)
+    except SourceError as e:
+        raise DatasetError(f"{path}: cannot read the image") from e
 
 
 def _hsv(img: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
