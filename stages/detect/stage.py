@@ -69,16 +69,10 @@ def infer_device_batch(backend: Any, batch: Any) -> list[Detections]:
     """Run the torch backend on a uint8 CUDA tensor already on its device.
 
     `TorchBackend.infer` takes host arrays (and stages them through its own pinned buffer);
-    this feeds the device batch gathered from pinned slabs directly (its ``_forward`` and the
-    shared postprocess), on the current stream.
+    the device batch gathered from pinned slabs goes to `TorchBackend.infer_device` instead,
+    on the current stream.
     """
-    import torch
-
-    from stages.detect.postprocess import postprocess
-
-    with torch.inference_mode():
-        boxes, scores = backend._forward(batch)
-        return postprocess(boxes, scores, backend.nms_params)
+    return backend.infer_device(batch)
 
 
 class DetectStage:

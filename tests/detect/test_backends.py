@@ -75,6 +75,20 @@ def test_torch_backend_rejects_bad_batches() -> None:
         backend.infer(tiny_batch()[:1])
 
 
+def test_torch_backend_infer_device_takes_a_tensor_on_its_device() -> None:
+    """The public device-batch entry point (the detect stage's GPU gather path)."""
+    backend = TorchBackend(TinyDetector(), max_batch=3, info=ModelInfo(input_hw=HW))
+    want = backend.infer(tiny_batch())
+    got = backend.infer_device(torch.from_numpy(tiny_batch().copy()))
+    assert_same_detections(got, want, box_atol=0, score_atol=0)
+    with pytest.raises(TorchBackendError, match="uint8"):
+        backend.infer_device(tiny_batch())  # type: ignore[arg-type]  # a numpy array
+    with pytest.raises(TorchBackendError, match="uint8"):
+        backend.infer_device(torch.zeros((1, 3, *HW)))
+    with pytest.raises(TorchBackendError, match=r"\(B, 3, 320, 320\)"):
+        backend.infer_device(torch.zeros((1, 3, 64, 64), dtype=torch.uint8))
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_torch_backend_without_cuda_says_so() -> None:
     with pytest.raises(TorchBackendError, match="no CUDA device"):

@@ -124,8 +124,7 @@ class TorchBackend:
             if self._stream is None:
                 # Zero copy, except for read-only arrays (torch.from_numpy warns on those).
                 x = np.ascontiguousarray(batch) if batch.flags.writeable else batch.copy()
-                boxes, scores = self._forward(torch.from_numpy(x))
-                return postprocess(boxes, scores, self.nms_params)
+                return self.infer_device(torch.from_numpy(x))
             assert self._pinned is not None
             staged = self._pinned[:b]
             staged.numpy()[...] = batch  # pageable -> pinned: one host memcpy
@@ -141,9 +140,27 @@ class TorchBackend:
             self._stream.synchronize()
             return dets
 
+    def infer_device(self, batch: torch.Tensor) -> list[Detections]:
+        """`infer` for a uint8 (B, 3, H, W) RGB tensor already on this backend's device (a
+        batch gathered on the GPU, say): no staging copy, and it runs on the caller's current
+        stream (without CUDA graphs)."""
+        if (
+            not isinstance(batch, torch.Tensor)
+            or batch.dtype != torch.uint8
+            or batch.device.type != self.device.type
+        ):
+            h, w = self.info.input_hw
+            raise TorchBackendError(
+                f"expected a uint8 (B, 3, {h}, {w}) tensor on {self.device}, got "
+                f"{type(batch).__name__} {getattr(batch, 'dtype', '')} "
+                f"{getattr(batch, 'device', '')}"
+            )
+        self._check_shape(tuple(batch.shape))
+        with torch.inference_mode():
+            boxes, scores = self._forward(batch)
+            return postprocess(boxes, scores, self.nms_params)
+
     def _check(self, batch: np.ndarray) -> int:
-        if self.model is None:
-            raise TorchBackendError("backend is closed")
         h, w = self.info.input_hw
         if not isinstance(batch, np.ndarray) or batch.dtype != np.uint8 or batch.ndim != 4:
             raise TorchBackendError(
@@ -151,9 +168,16 @@ class TorchBackend:
                 f"{type(batch).__name__} {getattr(batch, 'dtype', '')} "
                 f"{getattr(batch, 'shape', '')}"
             )
-        if tuple(batch.shape[1:]) != (3, h, w):
-            raise TorchBackendError(f"expected (B, 3, {h}, {w}) images, got {batch.shape}")
-        b = int(batch.shape[0])
+        return self._check_shape(batch.shape)
+
+    def _check_shape(self, shape: tuple[int, ...]) -> int:
+        """The batch size of a (B, 3, H, W) shape this backend takes."""
+        if self.model is None:
+            raise TorchBackendError("backend is closed")
+        h, w = self.info.input_hw
+        if len(shape) != 4 or tuple(shape[1:]) != (3, h, w):
+            raise TorchBackendError(f"expected (B, 3, {h}, {w}) images, got {shape}")
+        b = int(shape[0])
         if not 1 <= b <= self.max_batch:
             raise TorchBackendError(f"batch of {b} images; this backend takes 1..{self.max_batch}")
         return b
