@@ -36,7 +36,7 @@ import types
 import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 import yaml
@@ -52,15 +52,7 @@ from pydantic import (
     model_validator,
 )
 
-from stages.decode.redact import REDACTED, redact_text, redact_url
-
-if TYPE_CHECKING:
-    from stages.decode.config import CameraConfig
-    from stages.detect.types import NMSParams
-    from stages.sinks.jsonl import JsonlSinkConfig
-    from stages.sinks.redis.config import RedisSinkConfig
-    from stages.track.config import TrackerConfig
-    from stages.track.stage import TrackStageConfig
+from pipeline.redact import REDACTED, redact_text, redact_url
 
 # The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
 # torch (a test checks they agree).
@@ -81,7 +73,7 @@ _SECRET_VAR = re.compile(r"PASS|SECRET|TOKEN|KEY|CRED|AUTH", re.IGNORECASE)
 _SECRET_FIELD = re.compile(r"(^|_)(password|passwd|secret|token|api_key)$", re.IGNORECASE)
 _ENV_REF = re.compile(r"\$\$|\$\{(?P<body>[^}]*)\}|\$\{")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# query parameters redact_url masks (stages/decode/redact.py): their values are secrets too
+# query parameters redact_url masks (pipeline/redact.py): their values are secrets too
 _SECRET_QUERY_KEY = re.compile(
     r"^(password|passwd|pwd|pass|token|auth|key|secret|signature)$", re.IGNORECASE
 )
@@ -1157,7 +1149,7 @@ def _merge(defaults: CameraDefaults, entry: CameraEntry, realtime: bool) -> Came
 
 
 def _url_and_file_secrets(cfg: PipelineConfig) -> set[str]:
-    from stages.decode.redact import url_secrets
+    from pipeline.redact import url_secrets
 
     out: set[str] = set()
     urls = [c.url for c in cfg.cameras]
@@ -1409,7 +1401,8 @@ def format_errors(exc: ValidationError) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
-# Conversions to the stage configs
+# Helpers for the stage configs (the conversions themselves are in `pipeline.procs`, the one
+# module that imports the stages)
 # ------------------------------------------------------------------------------------------
 
 
@@ -1424,95 +1417,6 @@ def camera_url_with_password(settings: CameraSettings) -> str:
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{parts.username}:{password}@{host}"
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-def camera_config(camera: CameraEntry | CameraSettings | str, cfg: PipelineConfig) -> CameraConfig:
-    """`stages.decode.CameraConfig` for one camera (entry, effective settings or id)."""
-    from stages.decode.config import CameraConfig
-
-    if isinstance(camera, str):
-        settings = cfg.camera(camera)
-    elif isinstance(camera, CameraEntry):
-        settings = cfg.camera(camera.id)
-    else:
-        settings = camera
-    return CameraConfig(
-        url=camera_url_with_password(settings),
-        transport=settings.transport,
-        loop=settings.loop,
-        realtime=settings.realtime,
-        detect_fps=settings.detect_fps,
-        open_timeout_s=settings.open_timeout_s,
-        read_timeout_s=settings.read_timeout_s,
-        stall_timeout_s=settings.stall_timeout_s,
-        first_frame_timeout_s=settings.first_frame_timeout_s,
-        backoff_min_s=settings.backoff_min_s,
-        backoff_max_s=settings.backoff_max_s,
-        backoff_jitter=settings.backoff_jitter,
-        backoff_reset_s=settings.backoff_reset_s,
-        hwaccel=settings.hwaccel,
-        decoder_threads=settings.decoder_threads,
-        decoder_thread_type=settings.decoder_thread_type,
-        options=dict(settings.options),
-    )
-
-
-def redis_sink_config(cfg: PipelineConfig) -> RedisSinkConfig | None:
-    """`stages.sinks.redis.RedisSinkConfig`, or None when the redis sink is off."""
-    from stages.sinks.redis.config import RedisSinkConfig
-
-    section = cfg.sinks.redis
-    if section is None:
-        return None
-    return RedisSinkConfig(**section.model_dump())
-
-
-def jsonl_sink_config(cfg: PipelineConfig) -> JsonlSinkConfig | None:
-    """`stages.sinks.jsonl.JsonlSinkConfig`, or None when the jsonl sink is off."""
-    from stages.sinks.jsonl import JsonlSinkConfig
-
-    section = cfg.sinks.jsonl
-    if section is None:
-        return None
-    return JsonlSinkConfig(**section.model_dump())
-
-
-_TRACK_STAGE_FIELDS = ("default_frame_rate_hz", "state_dir")
-
-
-def tracker_config(cfg: PipelineConfig) -> TrackerConfig:
-    """`stages.track.TrackerConfig` from the tracker section."""
-    from stages.track.config import TrackerConfig
-
-    values = cfg.tracker.model_dump(exclude=set(_TRACK_STAGE_FIELDS))
-    return TrackerConfig(**values)
-
-
-def track_stage_config(cfg: PipelineConfig) -> TrackStageConfig:
-    """`stages.track.TrackStageConfig`: the tracker, per-camera frame rates, state folder."""
-    from stages.track.stage import TrackStageConfig
-
-    rates = {c.id: c.frame_rate_hz for c in cfg.effective_cameras() if c.frame_rate_hz}
-    return TrackStageConfig(
-        tracker=tracker_config(cfg),
-        frame_rates_hz=rates,
-        default_frame_rate_hz=cfg.tracker.default_frame_rate_hz,
-        state_dir=cfg.tracker.state_dir,
-    )
-
-
-def nms_params(cfg: PipelineConfig) -> NMSParams:
-    """`stages.detect.types.NMSParams` from the model section."""
-    from stages.detect.types import NMSParams
-
-    m = cfg.model
-    return NMSParams(
-        conf=m.conf_threshold,
-        iou=m.iou_threshold,
-        multi_label=m.multi_label,
-        top_k=m.top_k,
-        max_det=m.max_detections,
-    )
 
 
 def resolve_device(device: str) -> str:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import IO, Any, Literal
 
-from stages.decode.redact import redact_text
+from pipeline.redact import redact_text
 
 LogFormat = Literal["text", "json"]
 
@@ -50,7 +50,7 @@ class RedactFilter(logging.Filter):
     """Masks credentials in a record's message and arguments before any handler formats it.
 
     Always masks ``scheme://user:password@`` and secret-looking query values
-    (`stages.decode.redact.redact_text`); also masks the literal ``secrets`` given (camera
+    (`pipeline.redact.redact_text`); also masks the literal ``secrets`` given (camera
     passwords from files, ``${VAR}`` values: `pipeline.config.PipelineConfig.secrets`).
     """
 

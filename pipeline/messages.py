@@ -29,14 +29,11 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 
-if TYPE_CHECKING:  # imported where used: stages.sinks pulls in the tracker (scipy), which the
-    # decode, preprocess and detect processes do not need
-    from stages.detect.types import LetterboxMeta
-    from stages.sinks.messages import FrameResult, TrackedObject, TrackLifecycleEvent
+from pipeline.payloads import FrameResult, LetterboxMeta, TrackedObject, TrackLifecycleEvent
 
 WIRE_VERSION = 1
 """Bumped on any incompatible change of the header layout; `decode` rejects other versions."""
@@ -144,8 +141,6 @@ class ItemMsg:
 
     @property
     def letterbox(self) -> LetterboxMeta:
-        from stages.detect.types import LetterboxMeta
-
         return LetterboxMeta(
             src_h=self.src_h,
             src_w=self.src_w,
@@ -233,8 +228,6 @@ class TrackedMsg:
     stage_ts: dict[str, float] = field(default_factory=dict)
 
     def to_frame_result(self) -> FrameResult:
-        from stages.sinks.messages import FrameResult
-
         return FrameResult(
             camera=self.camera_id,
             frame_id=self.frame_id,
@@ -573,8 +566,6 @@ def _shape(v: Any, where: str) -> tuple[int, ...]:
 
 
 def _object_from(v: Any, where: str) -> TrackedObject:
-    from stages.sinks.messages import TrackedObject
-
     if not isinstance(v, list) or len(v) != 8:
         raise MessageError(
             f"{where} must be [track_id, class_id, class_name, score, x1, y1, x2, y2]"
@@ -586,8 +577,6 @@ def _object_from(v: Any, where: str) -> TrackedObject:
 
 
 def _event_from(v: Any, where: str) -> TrackLifecycleEvent:
-    from stages.sinks.messages import TrackLifecycleEvent
-
     if not isinstance(v, list) or len(v) != 7:
         raise MessageError(
             f"{where} must be [kind, track_id, class_id, class_name, event_ts, first_seen_ts, "

@@ -9,6 +9,11 @@ configuration problem found here (a weights file of the wrong kind...) exits wit
 
 Each process sends a small stats snapshot to the supervisor every ``report_interval_s`` over a
 multiprocessing queue (`pipeline.stats`), which serves the summary line and `Pipeline.stats()`.
+
+This is the one runtime module that builds stages from the config (the stage configs
+`camera_config`, `track_stage_config`, ... and the stages themselves), so it is the one core
+module that imports `stages`, and only inside functions: the supervisor imports this module,
+and must not load a stage (see `pipeline`).
 """
 
 from __future__ import annotations
@@ -20,20 +25,17 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import (
+    CameraEntry,
+    CameraSettings,
     PipelineConfig,
-    camera_config,
-    jsonl_sink_config,
-    nms_params,
-    redis_sink_config,
+    camera_url_with_password,
     resolve_device,
-    track_stage_config,
 )
 from pipeline.edges import EdgePlan
 from pipeline.flags import RunFlags
@@ -42,9 +44,18 @@ from pipeline.policy import RealtimePolicy
 from pipeline.runner import StageCounters, run_stage
 from pipeline.stats import Reporter
 
+if TYPE_CHECKING:
+    from stages.decode.config import CameraConfig
+    from stages.detect.types import NMSParams
+    from stages.sinks.jsonl import JsonlSinkConfig
+    from stages.sinks.redis.config import RedisSinkConfig
+    from stages.track.config import TrackerConfig
+    from stages.track.stage import TrackStageConfig
+
 log = logging.getLogger("edgestream.procs")
 
 EXIT_CONFIG = 78  # EX_CONFIG: do not restart
+EXIT_RESULTS_LOST = 3  # the run's exit status when results of offline cameras were not written
 PR_SET_NAME = 15
 PR_SET_PDEATHSIG = 1
 
@@ -147,13 +158,105 @@ _AFTER_DETECT = frozenset({"detect", "track"})
 _CONNECT_WAIT_S = 10.0
 
 
+# ---------------------------------------------------------------------------- stage configs
+
+
+def camera_config(camera: CameraEntry | CameraSettings | str, cfg: PipelineConfig) -> CameraConfig:
+    """`stages.decode.CameraConfig` for one camera (entry, effective settings or id)."""
+    from stages.decode.config import CameraConfig
+
+    if isinstance(camera, str):
+        settings = cfg.camera(camera)
+    elif isinstance(camera, CameraEntry):
+        settings = cfg.camera(camera.id)
+    else:
+        settings = camera
+    return CameraConfig(
+        url=camera_url_with_password(settings),
+        transport=settings.transport,
+        loop=settings.loop,
+        realtime=settings.realtime,
+        detect_fps=settings.detect_fps,
+        open_timeout_s=settings.open_timeout_s,
+        read_timeout_s=settings.read_timeout_s,
+        stall_timeout_s=settings.stall_timeout_s,
+        first_frame_timeout_s=settings.first_frame_timeout_s,
+        backoff_min_s=settings.backoff_min_s,
+        backoff_max_s=settings.backoff_max_s,
+        backoff_jitter=settings.backoff_jitter,
+        backoff_reset_s=settings.backoff_reset_s,
+        hwaccel=settings.hwaccel,
+        decoder_threads=settings.decoder_threads,
+        decoder_thread_type=settings.decoder_thread_type,
+        options=dict(settings.options),
+    )
+
+
+def redis_sink_config(cfg: PipelineConfig) -> RedisSinkConfig | None:
+    """`stages.sinks.redis.RedisSinkConfig`, or None when the redis sink is off."""
+    from stages.sinks.redis.config import RedisSinkConfig
+
+    section = cfg.sinks.redis
+    if section is None:
+        return None
+    return RedisSinkConfig(**section.model_dump())
+
+
+def jsonl_sink_config(cfg: PipelineConfig) -> JsonlSinkConfig | None:
+    """`stages.sinks.jsonl.JsonlSinkConfig`, or None when the jsonl sink is off."""
+    from stages.sinks.jsonl import JsonlSinkConfig
+
+    section = cfg.sinks.jsonl
+    if section is None:
+        return None
+    return JsonlSinkConfig(**section.model_dump())
+
+
+_TRACK_STAGE_FIELDS = ("default_frame_rate_hz", "state_dir")
+
+
+def tracker_config(cfg: PipelineConfig) -> TrackerConfig:
+    """`stages.track.TrackerConfig` from the tracker section."""
+    from stages.track.config import TrackerConfig
+
+    values = cfg.tracker.model_dump(exclude=set(_TRACK_STAGE_FIELDS))
+    return TrackerConfig(**values)
+
+
+def track_stage_config(cfg: PipelineConfig) -> TrackStageConfig:
+    """`stages.track.TrackStageConfig`: the tracker, per-camera frame rates, state folder."""
+    from stages.track.stage import TrackStageConfig
+
+    rates = {c.id: c.frame_rate_hz for c in cfg.effective_cameras() if c.frame_rate_hz}
+    return TrackStageConfig(
+        tracker=tracker_config(cfg),
+        frame_rates_hz=rates,
+        default_frame_rate_hz=cfg.tracker.default_frame_rate_hz,
+        state_dir=cfg.tracker.state_dir,
+    )
+
+
+def nms_params(cfg: PipelineConfig) -> NMSParams:
+    """`stages.detect.types.NMSParams` from the model section."""
+    from stages.detect.types import NMSParams
+
+    m = cfg.model
+    return NMSParams(
+        conf=m.conf_threshold,
+        iou=m.iou_threshold,
+        multi_label=m.multi_label,
+        top_k=m.top_k,
+        max_det=m.max_detections,
+    )
+
+
 # ------------------------------------------------------------------------------------ roles
 
 
 def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
                stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
-    from pipeline.decode_proc import DecodeFeeder
     from pipeline.shm import ShmPool
+    from stages.decode.feeder import DecodeFeeder
 
     edge = edges["frames"]
     cameras = [(c.id, camera_config(c, cfg)) for c in cfg.effective_cameras()]
@@ -316,7 +419,7 @@ def class_names_of(cfg: PipelineConfig, spec: ChildSpec | None = None) -> list[s
 
 def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
               stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
-    from pipeline.track_stage import OrderedTrackConfig, OrderedTrackStage
+    from stages.track.pipeline_stage import OrderedTrackConfig, OrderedTrackStage
 
     stage = OrderedTrackStage(
         OrderedTrackConfig(
@@ -331,7 +434,7 @@ def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
 
 def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
              stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
-    from pipeline.sink_stage import SinkStage
+    from stages.sinks.stage import SinkStage
 
     sinks: list[Any] = []
     live = _realtime(cfg)
@@ -402,7 +505,6 @@ def _run(stage: Any, name: str, inp: EdgePlan, out: EdgePlan | None, cfg: Pipeli
 def _report_loop(reporter: Reporter, stop: Any) -> None:
     while not stop.wait(0.5):
         reporter.maybe_send()
-    time.sleep(0)
 
 
 ROLES: dict[str, Callable[..., None]] = {

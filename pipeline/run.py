@@ -41,9 +41,8 @@ from pipeline.config import (
     quick_config,
 )
 from pipeline.logs import setup_from_config, summary_line
-from pipeline.procs import model_info_of
+from pipeline.procs import EXIT_RESULTS_LOST, model_info_of
 from pipeline.sdnotify import SystemdNotifier
-from pipeline.sink_stage import EXIT_RESULTS_LOST
 from pipeline.supervisor import Supervisor
 
 log = logging.getLogger("edgestream.run")

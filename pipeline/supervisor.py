@@ -40,7 +40,14 @@ from typing import Any
 from pipeline.config import STAGES, PipelineConfig
 from pipeline.edges import EdgePlan, plan_edges
 from pipeline.flags import RunFlags, SharedFlag
-from pipeline.procs import EXIT_CONFIG, ChildSpec, child_main, model_info_of, set_title
+from pipeline.procs import (
+    EXIT_CONFIG,
+    EXIT_RESULTS_LOST,
+    ChildSpec,
+    child_main,
+    model_info_of,
+    set_title,
+)
 from pipeline.shm import NAME_PREFIX, cleanup_stale, list_segments
 from pipeline.stats import StatsBoard
 
@@ -58,10 +65,6 @@ class _Child:
     restart_at: float | None = None
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
-
-
-class FatalPipelineError(RuntimeError):
-    """A stage cannot run with this configuration; restarting would not help."""
 
 
 class Supervisor:
@@ -323,7 +326,7 @@ class Supervisor:
         """Start, supervise until a signal, an offline run's end or a fatal error; stop.
 
         Returns the exit status: 0 (signal or offline end), 2 (fatal configuration error),
-        3 (`pipeline.sink_stage.EXIT_RESULTS_LOST`: results of ``realtime: false`` cameras
+        3 (`pipeline.procs.EXIT_RESULTS_LOST`: results of ``realtime: false`` cameras
         were not written: the run was stopped during a sink outage, or ``give_up_after_s``).
         """
         set_title(f"edgestream[{self.cfg.name}] supervisor")
@@ -353,8 +356,6 @@ class Supervisor:
         if self.fatal is not None:
             log.error("pipeline %s failed: %s", self.cfg.name, self.fatal)
             return 2
-        from pipeline.sink_stage import EXIT_RESULTS_LOST
-
         # the sink's last stats arrived before stop() returned (it drains after the joins)
         lost = {k: v["offline"] for k, v in self.board.unwritten().items() if v["offline"]}
         if lost:

@@ -5,8 +5,8 @@ corrupt data through a connecting → streaming → stalled → backoff state ma
 :class:`DecodedFrame` objects (RGB, capture time, monotonic frame id) to a :class:`FrameSink`.
 """
 
+from pipeline.redact import redact_text, redact_url
 from stages.decode.config import CameraConfig
-from stages.decode.redact import redact_text, redact_url
 from stages.decode.source import CameraSource
 from stages.decode.types import CameraState, CameraStats, DecodedFrame, FrameSink
 

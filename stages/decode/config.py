@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from stages.decode.redact import redact_url
+from pipeline.redact import redact_url
 
 Transport = Literal["tcp", "udp"]
 SourceKind = Literal["rtsp", "http", "file", "v4l2"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import av.error
 
+from pipeline.redact import redact_text, url_secrets
 from stages.decode.config import CameraConfig
-from stages.decode.redact import redact_text, url_secrets
 
 
 class StreamStalled(Exception):

@@ -38,12 +38,12 @@ import av.container
 import av.error
 import av.video.stream
 
+from pipeline.redact import redact_text, redact_url, url_secrets
 from stages.decode.backoff import Backoff
 from stages.decode.config import CameraConfig
 from stages.decode.errors import StreamStalled, describe_error, is_permanent_for_file
 from stages.decode.opener import configure_video_stream, hwaccel_usable, open_input
 from stages.decode.pacing import RatePacer, RealtimeClock
-from stages.decode.redact import redact_text, redact_url, url_secrets
 from stages.decode.timestamps import RtcpClock
 from stages.decode.types import (
     CameraState,

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import redis
 
-from stages.sinks.messages import FrameResult, TrackedObject
+from pipeline.payloads import FrameResult, TrackedObject
 from stages.sinks.video import FileVideoSink
 
 log = logging.getLogger("edgestream.demo")

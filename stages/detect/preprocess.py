@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from stages.detect.types import LetterboxMeta
+from pipeline.payloads import LetterboxMeta
 
 PAD_VALUE = 114
 """Grey of the padding, as in training."""

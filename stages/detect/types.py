@@ -2,7 +2,8 @@
 
 Coordinates are always xyxy floats. `Detections` in *input* space (the 640x640 letterboxed
 tensor) come out of a backend; `Detections` in *source* space (the camera image) come out of
-`Detector.detect` after `LetterboxMeta.to_source` undoes the resize and padding.
+`Detector.detect` after `pipeline.payloads.LetterboxMeta.to_source` undoes the resize and
+padding (the runtime carries that from preprocess to detect, so it lives in `pipeline`).
 """
 
 from __future__ import annotations
@@ -49,30 +50,6 @@ class Detections:
         return Detections(
             np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0,), np.int64)
         )
-
-
-@dataclass(frozen=True)
-class LetterboxMeta:
-    """How one source image was mapped into the model input (resize, then centre padding)."""
-
-    src_h: int
-    src_w: int
-    scale: float  # input px per source px
-    pad_top: int
-    pad_left: int
-
-    def to_source(self, boxes: np.ndarray) -> np.ndarray:
-        """Map xyxy boxes from model-input pixels back to source-image pixels.
-
-        Same float32 arithmetic as super-gradients 3.7.1: subtract the padding, then multiply
-        by float32(1 / scale) (not divide by scale; the two differ in the last bit). No
-        clipping to the image: the reference does not clip either.
-        """
-        out = boxes.astype(np.float32, copy=True).reshape(-1, 4)
-        out[:, [0, 2]] -= self.pad_left
-        out[:, [1, 3]] -= self.pad_top
-        out *= np.float32(1.0 / self.scale)
-        return out
 
 
 @dataclass

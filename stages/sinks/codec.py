@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from stages.sinks.messages import (
+from pipeline.payloads import (
     DETECTIONS_TYPE,
     SCHEMA_VERSION,
     TRACK_EVENT_TYPE,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from pipeline.payloads import DETECTIONS_TYPE, FrameResult
 from stages.sinks.codec import encode_frame
-from stages.sinks.messages import DETECTIONS_TYPE, FrameResult
 
 
 @dataclass(frozen=True)

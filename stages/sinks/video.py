@@ -30,8 +30,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.payloads import FrameResult, TrackedObject
 from stages.detect.annotate import AnnotatedWriter
-from stages.sinks.messages import FrameResult, TrackedObject
 
 log = logging.getLogger("edgestream.sinks.video")
 

@@ -35,7 +35,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "sinks")]
 
 import redis  # noqa: E402
 
-from stages.sinks.messages import FrameResult, TrackedObject  # noqa: E402
+from pipeline.payloads import FrameResult, TrackedObject  # noqa: E402
 from stages.sinks.redis import RedisSink, RedisSinkConfig  # noqa: E402
 
 FPS = 30

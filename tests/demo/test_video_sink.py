@@ -9,9 +9,9 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.payloads import FrameResult, TrackedObject
 from stages.demo.reader import ResultReader, frame_result_from_doc
 from stages.demo.table import render_text, rows
-from stages.sinks.messages import FrameResult, TrackedObject
 from stages.sinks.video import (
     FileFrames,
     FileVideoSink,

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.payloads import LetterboxMeta
 from stages.detect.preprocess import (
     PAD_VALUE,
     letterbox,
@@ -17,7 +18,6 @@ from stages.detect.preprocess import (
     letterbox_geometry,
     to_float,
 )
-from stages.detect.types import LetterboxMeta
 
 
 def _ramp(h: int, w: int) -> np.ndarray:

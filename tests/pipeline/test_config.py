@@ -19,16 +19,18 @@ from pipeline.config import (
     ConfigError,
     PipelineConfig,
     TrackerSection,
-    camera_config,
-    jsonl_sink_config,
     load_config,
-    nms_params,
     parse_camera_arg,
     quick_config,
+    validate_config,
+)
+from pipeline.procs import (
+    camera_config,
+    jsonl_sink_config,
+    nms_params,
     redis_sink_config,
     track_stage_config,
     tracker_config,
-    validate_config,
 )
 
 REPO = Path(__file__).resolve().parents[2]

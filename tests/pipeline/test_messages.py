@@ -23,8 +23,7 @@ from pipeline.messages import (
     encode,
     with_stage_ts,
 )
-from stages.detect.types import LetterboxMeta
-from stages.sinks.messages import FrameResult, TrackedObject, TrackLifecycleEvent
+from pipeline.payloads import FrameResult, LetterboxMeta, TrackedObject, TrackLifecycleEvent
 
 RNG = np.random.default_rng(0)
 

@@ -13,12 +13,12 @@ import pytest
 
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, FrameMsg, ItemMsg, TrackedMsg
 from pipeline.shm import ShmRing, ring_name
-from pipeline.sink_stage import SinkStage
-from pipeline.track_stage import OrderedTrackConfig, OrderedTrackStage
 from stages.detect.preprocess import letterbox
 from stages.detect.stage import DetectStage, DetectStageConfig
 from stages.detect.types import Detections, ModelInfo
 from stages.preprocess import PreprocessStage, PreprocessStageConfig
+from stages.sinks.stage import SinkStage
+from stages.track.pipeline_stage import OrderedTrackConfig, OrderedTrackStage
 
 HW = (64, 64)
 

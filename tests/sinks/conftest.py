@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from redis_server import REDIS_SERVER, RedisServer
 
+from pipeline.payloads import FrameResult, TrackedObject, TrackLifecycleEvent
 from stages.sinks import schemas
-from stages.sinks.messages import FrameResult, TrackedObject, TrackLifecycleEvent
 
 CLASSES = ("person", "car", "bicycle", "dog")
 

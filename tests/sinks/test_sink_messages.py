@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from conftest import make_frame
 
+from pipeline.payloads import FrameResult, TrackedObject
 from stages.sinks.codec import encode_frame
-from stages.sinks.messages import FrameResult, TrackedObject, track_events_from
+from stages.sinks.messages import track_events_from
 from stages.sinks.redis.buffer import EntryIds, Item, OutageBuffer
 from stages.sinks.redis.config import RedisSinkConfig
 from stages.sinks.redis.connection import Redactor, read_password, redact_url

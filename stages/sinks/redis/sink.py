@@ -43,8 +43,8 @@ from typing import Any
 import redis
 from redis.typing import EncodableT, FieldT
 
+from pipeline.payloads import DETECTIONS_TYPE, FrameResult
 from stages.sinks.codec import encode_frame
-from stages.sinks.messages import DETECTIONS_TYPE, FrameResult
 from stages.sinks.redis.buffer import EntryIds, Item, OutageBuffer, parse_id
 from stages.sinks.redis.config import RedisSinkConfig
 from stages.sinks.redis.connection import Connection, connect, describe_error

@@ -1,8 +1,10 @@
 """Credential redaction for URLs in log lines, errors and stats.
 
 Camera URLs routinely carry credentials (``rtsp://user:pass@host/...``), and FFmpeg puts the
-full URL into its error messages (PyAV's ``av.error.*`` carry the filename). Everything this
-package logs or stores goes through :func:`redact_url` or :func:`redact_text` first.
+full URL into its error messages (PyAV's ``av.error.*`` carry the filename). Everything the
+decode stage, the config and the logs write goes through :func:`redact_url` or
+:func:`redact_text` first. It lives in the runtime because `pipeline.config` and
+`pipeline.logs` need it and `pipeline/` imports nothing from `stages/`.
 """
 
 from __future__ import annotations

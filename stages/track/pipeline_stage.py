@@ -1,4 +1,4 @@
-"""Track stage glue: per-camera reordering by ``seq``, then `stages.track.TrackStage`.
+"""Track stage adapter: per-camera reordering by ``seq``, then `stages.track.TrackStage`.
 
 Detections reach this stage out of order (several preprocess workers, batches that mix
 cameras); the tracker needs each camera's frames in order. A `pipeline.reorder.Reorderer`
@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, Message, TrackedMsg
+from pipeline.payloads import TrackedObject, class_name
 from pipeline.reorder import Reorderer
-from stages.sinks.messages import TrackedObject, class_name, track_events_from
+from stages.sinks.messages import track_events_from
 from stages.track.stage import TrackStage, TrackStageConfig
 
 log = logging.getLogger("edgestream.track")

@@ -1,4 +1,4 @@
-"""The decode process: one `CameraSource` thread per camera → `FrameMsg`s on the frames edge.
+"""The decode stage adapter: one `CameraSource` thread per camera → `FrameMsg`s on the frames edge.
 
 Camera threads never touch the socket (ZeroMQ sockets are single-threaded): each frame is put
 in one bounded hand-off queue, and one sender thread numbers and sends them.

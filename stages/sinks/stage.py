@@ -1,4 +1,4 @@
-"""Sink stage glue: `TrackedMsg` → `FrameResult` → every configured sink (Redis, JSON lines).
+"""Sink stage adapter: `TrackedMsg` → `FrameResult` → every configured sink (Redis, JSON lines).
 
 Capture-to-publish latency is observed here, per camera, when a frame is handed to the sinks
 (the Redis sink writes asynchronously, within ``flush_interval_ms`` more when Redis is up).
@@ -11,7 +11,7 @@ sends it after the camera's last frame), the sinks are flushed and closed — th
 waits for an outage to end so that no offline result is lost — and ``on_done`` is called; the
 supervisor then stops the pipeline. Results a sink could not write anyway (the run was stopped
 during an outage, or ``give_up_after_s`` expired) are in `stats` (``unwritten``); the run then
-exits with `EXIT_RESULTS_LOST`.
+exits with `pipeline.procs.EXIT_RESULTS_LOST`.
 """
 
 from __future__ import annotations
@@ -22,12 +22,11 @@ from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, Protocol
 
 from pipeline.messages import EndMsg, Message, TrackedMsg
-from stages.sinks.messages import FrameResult
+from pipeline.payloads import FrameResult
 
 log = logging.getLogger("edgestream.sink")
 
 STAGE = "sink"
-EXIT_RESULTS_LOST = 3  # the run's exit status when results of offline cameras were not written
 
 
 class ResultSink(Protocol):

@@ -1,0 +1,93 @@
+"""`pipeline/` imports nothing from `stages/` (see the `pipeline` package docstring).
+
+Two checks: each runtime module, imported alone in a fresh interpreter, loads no ``stages``
+module; and no runtime module has an ``import stages...`` / ``from stages... import``
+statement anywhere, functions included, except the wiring module and the CLI.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PIPELINE = REPO / "pipeline"
+
+# The one module that builds stages from the config, and the `edgestream` command.
+MAY_IMPORT_STAGES = frozenset({"procs", "cli"})
+MODULES = sorted(p.stem for p in PIPELINE.glob("*.py") if p.stem != "__init__")
+CORE = [m for m in MODULES if m not in MAY_IMPORT_STAGES]
+# The core modules the issue names; a rename must not silently drop one from the check.
+NAMED_CORE = {
+    "messages", "transport", "shm", "runner", "supervisor", "metrics", "stats", "logs",
+    "config", "flags", "batching", "reorder", "policy", "health", "edges", "payloads",
+    "redact",
+}  # fmt: skip
+
+LOADED_STAGES = (
+    "import sys, importlib\n"
+    "for name in sys.argv[1:]:\n"
+    "    importlib.import_module(name)\n"
+    "print(sorted(m for m in sys.modules if m == 'stages' or m.startswith('stages.')))\n"
+)
+
+
+def _stages_loaded_by(*modules: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", LOADED_STAGES, *modules],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def test_the_named_core_modules_exist() -> None:
+    assert not NAMED_CORE - set(CORE)
+
+
+# procs is allowed to import stages, but only inside functions: the supervisor imports it.
+@pytest.mark.parametrize("module", [*CORE, "procs"])
+def test_importing_a_runtime_module_loads_no_stage(module: str) -> None:
+    assert _stages_loaded_by(f"pipeline.{module}") == "[]"
+
+
+def test_the_supervisor_side_loads_no_stage() -> None:
+    """The issue's must-show, in one interpreter."""
+    names = ["messages", "transport", "shm", "runner", "supervisor"]
+    assert _stages_loaded_by(*(f"pipeline.{m}" for m in names)) == "[]"
+
+
+def _stage_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            if name == "stages" or name.startswith("stages."):
+                found.append(f"{path.name}:{node.lineno}: {name}")
+    return found
+
+
+def test_no_core_module_has_a_stage_import_statement() -> None:
+    found = [hit for m in CORE for hit in _stage_imports(PIPELINE / f"{m}.py")]
+    assert not found, "pipeline/ must not import stages/ (see pipeline/__init__.py):\n" + "\n".join(
+        found
+    )
+
+
+def test_procs_imports_stages_inside_functions_only() -> None:
+    tree = ast.parse((PIPELINE / "procs.py").read_text(encoding="utf-8"))
+    top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+    names = [n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in top]
+    assert not [n for n in names if n and (n == "stages" or n.startswith("stages."))]
