@@ -434,7 +434,7 @@ def _varint(buf: Any, pos: int, end: int) -> tuple[int, int]:
 
 
 def _describe_engine(path: Path, kind: str) -> ModelInfo:
-    from stages.detect.engine_cache import MIN_ENGINE_BYTES, read_sidecar
+    from stages.detect.engine_sidecar import MIN_ENGINE_BYTES, read_sidecar
 
     if kind in _KIND_WORDS:
         raise ModelFileError(

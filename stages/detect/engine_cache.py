@@ -21,7 +21,9 @@ ONNX and ``precision="fp16"`` we fall back to ``BuilderFlag.FP16`` there. The de
 pure function `plan_build`, tested with fake API descriptions since TensorRT cannot be
 installed on CPU machines.
 
-Everything above the "TensorRT-specific" line is pure Python and runs anywhere.
+Everything above the "TensorRT-specific" line is pure Python and runs anywhere. The key and
+sidecar types are in `stages.detect.engine_sidecar`, the ONNX inspection in
+`stages.detect.onnx_facts`: `describe` and `quantize` use those without importing this module.
 """
 
 from __future__ import annotations
@@ -35,160 +37,30 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from stages.detect.describe import class_names_from_metadata
+from stages.detect.engine_sidecar import (
+    MIN_ENGINE_BYTES,
+    PRECISIONS,
+    EngineKey,
+    EngineSidecar,
+    read_sidecar,
+    sidecar_path,
+)
+from stages.detect.onnx_facts import EngineCacheError, OnnxFacts, inspect_onnx
+from stages.detect.progress import spinner
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "int8", "best"]
 OnnxPrecision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "best")
-
-SIDECAR_SCHEMA = 1
-# Smallest plausible serialized engine; anything shorter is certainly not one.
-MIN_ENGINE_BYTES = 1024
 TRT_INSTALL_HINT = "pip install edgestream[tensorrt] on a machine with an NVIDIA GPU"
-
-
-class EngineCacheError(RuntimeError):
-    """An engine cannot be built or reused; the message names the cause and the fix."""
 
 
 class PrecisionError(EngineCacheError):
     """The requested precision cannot be built from this ONNX with this TensorRT."""
-
-
-# --------------------------------------------------------------------------------------------
-# Key, file names, sidecar
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EngineKey:
-    """Everything an engine depends on. Two builds with equal keys are interchangeable.
-
-    gpu_name / compute_capability: engines are compiled for one GPU architecture (and tuned
-        for one model); the capability is the hard constraint, the name the tuning one.
-    trt_version: a plan serialized by one TensorRT version does not load in another.
-    onnx_sha256: the exact graph and weights (its precision, input dtype and NMS included).
-    precision: the requested precision label ("fp32", "fp16", "int8"); with TensorRT 10 the
-        same FP32 ONNX gives different engines for "fp32" and "fp16".
-    min/opt/max_batch: the optimization profile; TensorRT tunes kernels for ``opt_batch``.
-    input_hw: model input height, width.
-    workspace_mb: builder workspace cap (None = TensorRT's default, the whole GPU); it can
-        change which tactics are chosen, hence part of the key.
-    """
-
-    gpu_name: str
-    compute_capability: str  # "8.9"
-    trt_version: str
-    onnx_sha256: str
-    precision: str
-    min_batch: int
-    opt_batch: int
-    max_batch: int
-    input_hw: tuple[int, int]
-    workspace_mb: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(
-                "need 1 <= min_batch <= opt_batch <= max_batch, got "
-                f"{self.min_batch}, {self.opt_batch}, {self.max_batch}"
-            )
-        if len(self.input_hw) != 2 or min(self.input_hw) <= 0:
-            raise ValueError(f"input_hw must be (height, width) > 0, got {self.input_hw}")
-        if self.workspace_mb is not None and self.workspace_mb <= 0:
-            raise ValueError(f"workspace_mb must be > 0 or None, got {self.workspace_mb}")
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_hw"] = list(self.input_hw)
-        return d
-
-    @staticmethod
-    def from_json(d: dict[str, Any]) -> EngineKey:
-        """Inverse of `to_json`; raises ValueError/TypeError/KeyError on a malformed dict."""
-        fields = dict(d)
-        fields["input_hw"] = tuple(int(v) for v in fields["input_hw"])
-        known = set(EngineKey.__dataclass_fields__)
-        unknown = set(fields) - known
-        if unknown:
-            raise ValueError(f"unknown EngineKey fields {sorted(unknown)}")
-        return EngineKey(**fields)
-
-    def digest(self) -> str:
-        """sha256 of the canonical JSON form (sorted keys): stable across runs and machines."""
-        blob = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-    def file_name(self, stem: str) -> str:
-        """``<onnx-stem>.<precision>.<12 hex of digest>.engine`` — readable and unique."""
-        return f"{stem}.{self.precision}.{self.digest()[:12]}.engine"
-
-    def differences(self, other: EngineKey) -> list[str]:
-        """Fields that differ, as ``"name: mine != theirs"`` lines (empty when equal)."""
-        a, b = self.to_json(), other.to_json()
-        return [f"{k}: {a[k]!r} != {b[k]!r}" for k in a if a[k] != b[k]]
-
-
-def sidecar_path(engine_path: str | Path) -> Path:
-    """The JSON that describes ``x.engine`` is ``x.engine.json`` (same folder)."""
-    p = Path(engine_path)
-    return p.with_name(p.name + ".json")
-
-
-@dataclass
-class EngineSidecar:
-    """What is written next to an engine. ``engine_bytes``/``engine_sha256`` detect a
-    truncated or replaced engine file; the rest is for the runtime and for humans."""
-
-    key: EngineKey
-    engine_bytes: int
-    engine_sha256: str
-    input_name: str = "images"
-    input_dtype: str = "float32"  # "float32" | "float16" | "uint8"
-    nms: str = "none"  # "none" (raw boxes/scores) | "tensorrt" (EfficientNMS_TRT outputs)
-    arch: str | None = None
-    num_classes: int | None = None
-    class_names: list[str] = field(default_factory=list)
-    onnx_path: str | None = None
-    onnx_precision: str | None = None  # what the ONNX itself carried: fp32 | fp16 | int8
-    build_plan: dict[str, Any] = field(default_factory=dict)
-    built_at: str = ""  # ISO-8601 UTC
-    build_seconds: float = 0.0
-    schema: int = SIDECAR_SCHEMA
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["key"] = self.key.to_json()
-        return d
-
-    @staticmethod
-    def from_json(d: dict[str, Any]) -> EngineSidecar:
-        if d.get("schema") != SIDECAR_SCHEMA:
-            raise ValueError(f"sidecar schema {d.get('schema')!r}, expected {SIDECAR_SCHEMA}")
-        fields = dict(d)
-        fields["key"] = EngineKey.from_json(fields["key"])
-        return EngineSidecar(**fields)
-
-
-def read_sidecar(engine_path: str | Path) -> EngineSidecar:
-    """Load and validate the sidecar of ``engine_path``.
-
-    Raises FileNotFoundError when absent and ValueError (with the reason) when unreadable.
-    """
-    path = sidecar_path(engine_path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        return EngineSidecar.from_json(json.loads(text))
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ValueError(f"corrupt engine sidecar {path}: {e}") from e
 
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
@@ -440,8 +312,8 @@ def plan_build(requested: str, onnx_precision: str, api: TrtApi) -> BuildPlan:
 
     requested: "fp32" | "fp16" | "int8" | "best" ("best": whatever the ONNX carries, plus
         FP16 kernels where TensorRT 10 can add them without calibration).
-    onnx_precision: what the ONNX carries (`onnx_precision_of`): "fp32", "fp16" (AutoCast)
-        or "int8" (Q/DQ nodes, possibly with an FP16 remainder).
+    onnx_precision: what the ONNX carries (`onnx_facts.onnx_precision_of`): "fp32", "fp16"
+        (AutoCast) or "int8" (Q/DQ nodes, possibly with an FP16 remainder).
 
     Rules: a low-precision ONNX is always built strongly typed (its types are the truth, on
     10.x and 11.x alike) and cannot be "built as fp32". A plain FP32 ONNX builds as fp32
@@ -494,99 +366,6 @@ def plan_build(requested: str, onnx_precision: str, api: TrtApi) -> BuildPlan:
     raise PrecisionError(
         f"TensorRT {api.version} has no FP16 builder flag (strong typing only) and this ONNX is "
         f"FP32: {AUTOCAST_HINT}"
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# ONNX inspection (onnx is a core dependency)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OnnxFacts:
-    """What the builder and the sidecar need from an ONNX file."""
-
-    input_name: str
-    input_dtype: str  # "float32" | "float16" | "uint8"
-    input_shape: tuple[int | str, ...]  # dims as ints, or their symbolic names
-    output_names: tuple[str, ...]
-    precision: str  # "fp32" | "fp16" | "int8"
-    nms: str  # "none" | "tensorrt" | "onnx"
-    metadata: dict[str, str]
-
-    @property
-    def input_hw(self) -> tuple[int, int]:
-        h, w = self.input_shape[2], self.input_shape[3]
-        if not isinstance(h, int) or not isinstance(w, int):
-            raise EngineCacheError(f"the ONNX input {self.input_name} has dynamic H/W {h}, {w}")
-        return h, w
-
-    @property
-    def dynamic_batch(self) -> bool:
-        return not isinstance(self.input_shape[0], int)
-
-    @property
-    def class_names(self) -> list[str]:
-        return class_names_from_metadata(self.metadata)
-
-
-_ONNX_DTYPES = {1: "float32", 10: "float16", 2: "uint8", 16: "bfloat16"}
-
-
-def onnx_precision_of(model: Any) -> str:
-    """ "int8" if the graph has QuantizeLinear/DequantizeLinear, "fp16" if it computes in
-    float16 (Casts to fp16 or fp16 initializers: AutoCast's output), else "fp32"."""
-    ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear"}:
-        return "int8"
-    fp16 = 10
-    if any(init.data_type == fp16 for init in model.graph.initializer):
-        return "fp16"
-    for n in model.graph.node:
-        if n.op_type == "Cast":
-            for a in n.attribute:
-                if a.name == "to" and a.i == fp16:
-                    return "fp16"
-    return "fp32"
-
-
-def inspect_onnx(onnx_path: str | Path) -> OnnxFacts:
-    """Read names, dtypes, precision and metadata without loading external weight files."""
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError and friends
-        raise EngineCacheError(f"{onnx_path} is not a readable ONNX model: {e}") from e
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise EngineCacheError(
-            f"{onnx_path}: expected one image input, found {[i.name for i in inputs]}"
-        )
-    inp = inputs[0]
-    tt = inp.type.tensor_type
-    dims: list[int | str] = [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim
-    ]
-    if len(dims) != 4:
-        raise EngineCacheError(f"{onnx_path}: input {inp.name} is {len(dims)}-D, expected NCHW")
-    outputs = tuple(o.name for o in model.graph.output)
-    op_types = {n.op_type for n in model.graph.node}
-    if "EfficientNMS_TRT" in op_types:
-        nms = "tensorrt"
-    elif "NonMaxSuppression" in op_types:
-        nms = "onnx"
-    else:
-        nms = "none"
-    return OnnxFacts(
-        input_name=inp.name,
-        input_dtype=_ONNX_DTYPES.get(tt.elem_type, f"onnx-type-{tt.elem_type}"),
-        input_shape=tuple(dims),
-        output_names=outputs,
-        precision=onnx_precision_of(model),
-        nms=nms,
-        metadata={p.key: p.value for p in model.metadata_props},
     )
 
 
@@ -721,31 +500,6 @@ def make_progress_monitor(trt: Any) -> Any:
                     bar.close()
 
     return Monitor()
-
-
-@contextlib.contextmanager
-def spinner(desc: str, enabled: bool = True) -> Iterator[None]:
-    """Elapsed-time spinner for work that reports no progress of its own."""
-    if not enabled:
-        yield
-        return
-    from tqdm.auto import tqdm
-
-    stop = threading.Event()
-    bar = tqdm(total=None, desc=desc, bar_format="{desc}: {elapsed} elapsed")
-
-    def tick() -> None:
-        while not stop.wait(0.5):
-            bar.refresh()
-
-    t = threading.Thread(target=tick, daemon=True)
-    t.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        t.join()
-        bar.close()
 
 
 def build_engine(

@@ -35,7 +35,8 @@ from typing import Any, Literal
 import numpy as np
 
 from stages.detect.backends.onnxruntime_backend import OnnxRuntimeBackend
-from stages.detect.engine_cache import inspect_onnx, spinner
+from stages.detect.onnx_facts import inspect_onnx
+from stages.detect.progress import spinner
 from stages.detect.sources import IMAGE_SUFFIXES, SourceError, image_files, iter_frames
 from stages.detect.types import Detections, NMSParams
 

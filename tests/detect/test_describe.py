@@ -16,7 +16,8 @@ from tiny_detector import TinyDetector
 from stages.detect.backends import backend_for_path
 from stages.detect.backends.onnxruntime_backend import OnnxRuntimeBackend
 from stages.detect.describe import ModelFileError, config_mismatch, describe
-from stages.detect.engine_cache import EngineKey, EngineSidecar, store_engine
+from stages.detect.engine_cache import store_engine
+from stages.detect.engine_sidecar import EngineKey, EngineSidecar
 from stages.detect.export import export_onnx
 from stages.detect.types import ModelInfo
 from stages.detect.weights import WeightsError, load_model, save_checkpoint

@@ -26,10 +26,6 @@ from stages.detect.backends.tensorrt_backend import (
     resolve_max_batch,
 )
 from stages.detect.engine_cache import (
-    MIN_ENGINE_BYTES,
-    EngineCacheError,
-    EngineKey,
-    EngineSidecar,
     PrecisionError,
     atomic_write_bytes,
     batch_profile,
@@ -37,15 +33,20 @@ from stages.detect.engine_cache import (
     cached_engine,
     compatibility_problems,
     detect_trt_api,
-    inspect_onnx,
     lookup,
     parse_major,
     plan_build,
-    read_sidecar,
-    sidecar_path,
     store_engine,
     tuning_mismatch,
 )
+from stages.detect.engine_sidecar import (
+    MIN_ENGINE_BYTES,
+    EngineKey,
+    EngineSidecar,
+    read_sidecar,
+    sidecar_path,
+)
+from stages.detect.onnx_facts import EngineCacheError, inspect_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 

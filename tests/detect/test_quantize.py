@@ -19,8 +19,8 @@ import pytest
 import torch
 from tiny_detector import TinyDetector
 
-from stages.detect.engine_cache import inspect_onnx
 from stages.detect.export import export_onnx
+from stages.detect.onnx_facts import inspect_onnx
 from stages.detect.quantize import (
     QuantizeError,
     agreement,

@@ -16,14 +16,10 @@ import pytest
 from tiny_detector import TinyDetector
 
 from stages.detect.backends.tensorrt_backend import TensorRTBackend, TensorRTError
-from stages.detect.engine_cache import (
-    EngineCacheError,
-    build_engine,
-    detect_trt_api,
-    read_sidecar,
-    sidecar_path,
-)
+from stages.detect.engine_cache import build_engine, detect_trt_api
+from stages.detect.engine_sidecar import read_sidecar, sidecar_path
 from stages.detect.export import export_onnx
+from stages.detect.onnx_facts import EngineCacheError
 from stages.detect.quantize import (
     agreement_of,
     cpu_backend,

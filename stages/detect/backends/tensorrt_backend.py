@@ -35,15 +35,12 @@ from typing import Any
 import numpy as np
 
 from stages.detect.engine_cache import (
-    MIN_ENGINE_BYTES,
-    EngineSidecar,
     compatibility_problems,
     import_tensorrt,
     make_trt_logger,
-    read_sidecar,
-    sidecar_path,
     tuning_mismatch,
 )
+from stages.detect.engine_sidecar import MIN_ENGINE_BYTES, EngineSidecar, read_sidecar, sidecar_path
 from stages.detect.postprocess_np import slice_nms_outputs
 from stages.detect.types import Detections, ModelInfo, NMSParams
 
