@@ -25,7 +25,6 @@ from pydantic_core import PydanticUndefined
 from pipeline.config import ConfigError, PipelineConfig, load_config
 
 SchemaFormat = Literal["yaml", "json", "markdown"]
-REFERENCE_PATH = Path("docs/config-reference.md")
 
 
 def add_parsers(subparsers: Any) -> None:

@@ -73,7 +73,6 @@ class StageCounters:
     dropped: Counter[tuple[str, str]] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     malformed: int = 0
-    last_activity: float = field(default_factory=time.monotonic)
 
     def snapshot(self) -> dict[str, Any]:
         """Plain-dict copies, safe to take from another thread while the stage runs."""
@@ -169,7 +168,6 @@ def run_stage(
         """Count ``msg``, hand it to the stage; a failure becomes a tombstone (or fatal)."""
         nonlocal failures
         c.received[msg.camera_id] += 1
-        c.last_activity = time.monotonic()
         if isinstance(msg, DropMsg) and receiver is not None and msg.stage == receiver.name:
             c.dropped[(msg.camera_id, msg.reason)] += 1
         try:

@@ -87,10 +87,6 @@ class DecodeFeeder:
         self._q.put(None)
         self._thread.join(max(0.1, deadline - time.monotonic()))
 
-    def files_done(self) -> bool:
-        """True when every camera is a file that ended (offline run: nothing more to send)."""
-        return all(not s.is_alive() for s in self.sources) and self._q.empty()
-
     # ------------------------------------------------------------------ FrameSink
     def on_frame(self, frame: DecodedFrame) -> None:
         cfg = self.configs[frame.camera_id]

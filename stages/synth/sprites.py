@@ -234,7 +234,7 @@ def car(w: float, facing: int, wheel_phase: float, look: CarLook) -> list[Prim]:
         Poly(cabin, _shade(look.body, 0.9)),
         Poly(win, look.window),
         Line(
-            ((x(c0 + c1) / 2 if False else x((c0 + c1) / 2)), body_top),
+            (x((c0 + c1) / 2), body_top),
             (x((c0 + c1) / 2), -h + inset),
             _shade(look.body, 0.9),
             max(1, round(0.02 * w)),
