@@ -3,6 +3,8 @@
 One :class:`CameraSource` per camera runs in its own thread, survives disconnects, stalls and
 corrupt data through a connecting → streaming → stalled → backoff state machine, and hands
 :class:`DecodedFrame` objects (RGB, capture time, monotonic frame id) to a :class:`FrameSink`.
+``feeder`` is the decode stage adapter (`DecodeFeeder`: cameras → `FrameMsg`s on the frames
+edge). Credential redaction is the runtime's (`pipeline.redact`), re-exported here.
 """
 
 from pipeline.redact import redact_text, redact_url

@@ -1,5 +1,6 @@
 """Multi-object tracking: one `Tracker` per camera (BYTE association with OC-SORT's
-observation-centric fixes), wrapped by `TrackStage` for the pipeline."""
+observation-centric fixes), wrapped by `TrackStage`; `pipeline_stage.OrderedTrackStage` is the
+stage adapter the pipeline runs (per-camera reordering by ``seq``, then `TrackStage`)."""
 
 from stages.track.config import TrackerConfig
 from stages.track.ids import IdAllocator
