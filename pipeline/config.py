@@ -291,6 +291,12 @@ class CameraDefaults(_Strict):
         description="The camera's real frame rate (frames/s, 0 < f <= 1000), used by the tracker "
         "to turn lost_track_seconds into frames; null uses tracker.default_frame_rate_hz.",
     )
+    classes: list[int | str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Publish only these classes (class names as the model names them, or class "
+        "ids); the others are dropped before tracking. null: every class.",
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> CameraDefaults:
@@ -465,8 +471,11 @@ class ModelConfig(_Strict):
         description="Candidates kept before NMS (1..100000); bounds NMS cost.",
     )
     multi_label: bool = Field(
-        default=True,
-        description="A box may yield several (class, score) pairs (the reference default).",
+        default=False,
+        description="A box may yield several (class, score) pairs: one object published as "
+        "car, person and bicycle at once. false (the runtime default): one box per object, "
+        "its best class. true is the reference predict()'s default, which `edgestream detect` "
+        "and the parity tests keep.",
     )
 
     @model_validator(mode="after")

@@ -157,6 +157,8 @@ def type_name(annotation: Any) -> str:
         name = f"list of {type_name(_args(inner)[0])}"
     elif origin is dict:
         name = f"map of {type_name(_args(inner)[1])}"
+    elif origin in (typing.Union, types.UnionType):
+        name = " or ".join(type_name(a) for a in _args(inner))
     elif isinstance(inner, type) and issubclass(inner, BaseModel):
         name = "section"
     else:

@@ -400,21 +400,55 @@ def model_info_of(cfg: PipelineConfig, spec: ChildSpec | None = None) -> Any:
     return info
 
 
-def class_names_of(cfg: PipelineConfig, spec: ChildSpec | None = None) -> list[str]:
-    """Class names for published objects: the config's, the weights file's, or COCO's."""
+def class_names_of(
+    cfg: PipelineConfig, spec: ChildSpec | None = None, model: Any = None
+) -> list[str]:
+    """Class names for published objects: the config's, the weights file's, or COCO's.
+    ``model``: the `model_info_of` answer when the caller has it already."""
     from stages.detect.classes import class_names_for
 
     m = cfg.model
     if m.class_names:
         return list(m.class_names)
     try:
-        names = list(model_info_of(cfg, spec).class_names)
+        names = list((model if model is not None else model_info_of(cfg, spec)).class_names)
     except (ValueError, OSError):  # a file that cannot run: the detect stage says why
         log.debug("no class names in %s", m.weights, exc_info=True)
         names = []
     if names:
         return [str(n) for n in names]
     return class_names_for(m.num_classes or 80)
+
+
+def class_filter_of(cfg: PipelineConfig, names: list[str]) -> dict[str, frozenset[int]]:
+    """Per camera with a ``classes`` filter, the class ids it publishes (names resolved with
+    ``names``, the model's class names). Raises `pipeline.config.ConfigError` naming every
+    unknown class, so the supervisor refuses the config before any process starts."""
+    from pipeline.config import ConfigError
+
+    index = {name: i for i, name in reversed(list(enumerate(names)))}
+    out: dict[str, frozenset[int]] = {}
+    problems: list[str] = []
+    for n, cam in enumerate(cfg.effective_cameras()):
+        if cam.classes is None:
+            continue
+        ids: set[int] = set()
+        where = f"cameras[{n}].classes"
+        known = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        for item in cam.classes:
+            if isinstance(item, int) or item.isdigit():
+                if 0 <= int(item) < len(names):
+                    ids.add(int(item))
+                else:
+                    problems.append(f"{where}: no class id {item} (0..{len(names) - 1})")
+            elif item in index:
+                ids.add(index[item])
+            else:
+                problems.append(f"{where}: the model has no class {item!r} ({known})")
+        out[cam.id] = frozenset(ids)
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
@@ -424,7 +458,8 @@ def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     stage = OrderedTrackStage(
         OrderedTrackConfig(
             track=track_stage_config(cfg),
-            class_names=class_names_of(cfg, spec),
+            class_names=(names := class_names_of(cfg, spec)),
+            classes=class_filter_of(cfg, names),
             realtime_cameras=_realtime(cfg),
             reorder_timeout_ms=max(100.0, 2 * (cfg.batching.max_frame_age_ms or 250.0)),
         )

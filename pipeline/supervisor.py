@@ -45,6 +45,8 @@ from pipeline.procs import (
     EXIT_RESULTS_LOST,
     ChildSpec,
     child_main,
+    class_filter_of,
+    class_names_of,
     model_info_of,
     set_title,
 )
@@ -109,6 +111,9 @@ class Supervisor:
     def start(self) -> None:
         if self.model is None:  # before anything starts: a bad weights file is one error
             self.model = model_info_of(self.cfg)
+        if any(c.classes is not None for c in self.cfg.effective_cameras()):
+            # an unknown class name is a config error, refused before anything starts
+            class_filter_of(self.cfg, class_names_of(self.cfg, model=self.model))
         removed = cleanup_stale(NAME_PREFIX)
         if removed:
             log.info("removed %d stale shared-memory segment(s) of dead processes", len(removed))

@@ -30,7 +30,9 @@ def _add_nms_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--single-label",
         action="store_true",
-        help="one class per box (the best one) instead of every class above --conf",
+        help="one class per box (the best one) instead of every class above --conf (the "
+        "reference default, kept here for parity; `edgestream run` defaults to one class per "
+        "box: model.multi_label: false)",
     )
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -37,6 +37,8 @@ class OrderedTrackConfig:
     """track: the tracker settings. class_names: names by class id (``class_<id>`` beyond).
     realtime_cameras: cameras whose gaps are skipped after ``reorder_timeout_ms``; the others
     wait up to ``offline_timeout_s`` (a crash upstream lost frames in flight).
+    classes: per camera, the class ids it publishes (a camera not named publishes every
+    class); the other detections are dropped before the tracker sees them.
     """
 
     track: TrackStageConfig = field(default_factory=TrackStageConfig)
@@ -44,6 +46,7 @@ class OrderedTrackConfig:
     realtime_cameras: Container[str] = field(default_factory=frozenset)
     reorder_timeout_ms: float = 500.0
     offline_timeout_s: float = 60.0
+    classes: Mapping[str, frozenset[int]] = field(default_factory=dict)
 
 
 class OrderedTrackStage:
@@ -109,7 +112,19 @@ class OrderedTrackStage:
                 out.append(end)
         return out
 
+    def _only_wanted_classes(self, d: DetectionsMsg) -> DetectionsMsg:
+        wanted = self.config.classes.get(d.camera_id)
+        if wanted is None or not len(d.class_ids):
+            return d
+        keep = np.isin(d.class_ids, np.fromiter(wanted, np.int64, len(wanted)))
+        if keep.all():
+            return d
+        features = None if d.features is None else d.features[keep]
+        return replace(d, boxes=d.boxes[keep], scores=d.scores[keep],
+                       class_ids=d.class_ids[keep], features=features)  # fmt: skip
+
     def _tracked(self, d: DetectionsMsg) -> TrackedMsg:
+        d = self._only_wanted_classes(d)
         features = d.features if d.features is not None and d.features.shape[1] else None
         result = self.tracker.tracker(d.camera_id).update(
             d.boxes, d.scores, d.class_ids, d.capture_ts, features

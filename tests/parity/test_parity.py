@@ -101,7 +101,9 @@ def test_golden_files_are_small_and_complete() -> None:
 
 
 def test_predict_defaults_are_ours() -> None:
-    """NMSParams() defaults are the reference predict() defaults."""
+    """NMSParams() defaults are the reference predict() defaults (multi-label per box, as
+    `edgestream detect` and these tests keep; the runtime's model.multi_label defaults to
+    false: one box per object)."""
     assert _predict_params() == NMSParams()
     assert META["predict_defaults"]["class_agnostic_nms"] is False
 
