@@ -34,7 +34,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -1457,19 +1457,34 @@ def quick_config(
     jsonl_path: str | os.PathLike[str] | None = None,
     device: str = "auto",
     name: str = "edgestream",
+    detect_fps: float | None = None,
+    conf: float | None = None,
+    classes: Sequence[int | str] | None = None,
+    video_dir: str | os.PathLike[str] | None = None,
 ) -> PipelineConfig:
     """The config of ``edgestream run --camera ID=URL ... --weights FILE`` (no YAML).
 
     Results go to Redis when ``redis_url`` is given, to ``jsonl_path`` when given (both may
-    be), else to ``runs/<name>/{camera}.jsonl``. ``${VAR}`` in urls is substituted from the
-    environment. Raises `ConfigError` like `load_config`, with flag-like paths.
+    be), else to ``runs/<name>/{camera}.jsonl`` (`default_jsonl_path`); annotated videos to
+    ``video_dir`` when given. ``detect_fps`` and ``classes`` apply to every camera
+    (``camera_defaults``), ``conf`` is ``model.conf_threshold``. ``${VAR}`` in urls is
+    substituted from the environment. Raises `ConfigError` like `load_config`.
     """
     sinks: dict[str, Any] = {}
     if redis_url is not None:
         sinks["redis"] = {"url": redis_url}
     if jsonl_path is not None or redis_url is None:
-        sinks["jsonl"] = {"path": str(jsonl_path or Path("runs") / name / "{camera}.jsonl")}
+        sinks["jsonl"] = {"path": str(jsonl_path or default_jsonl_path(name))}
+    if video_dir is not None:
+        sinks["video"] = {"dir": str(video_dir)}
+    defaults: dict[str, Any] = {}
+    if detect_fps is not None:
+        defaults["detect_fps"] = detect_fps
+    if classes is not None:
+        defaults["classes"] = list(classes)
     model: dict[str, Any] = {"backend": backend, "device": device}
+    if conf is not None:
+        model["conf_threshold"] = conf
     if arch is not None:
         model["arch"] = arch
     if weights is not None:
@@ -1479,12 +1494,18 @@ def quick_config(
     data: dict[str, Any] = {
         "name": name,
         "realtime": realtime,
+        "camera_defaults": defaults,
         "cameras": [{"id": cid, "url": url} for cid, url in cameras.items()],
         "model": model,
         "sinks": sinks,
         "metrics": {"port": metrics_port},
     }
     return validate_config(data, base_dir=Path.cwd(), source="command line")
+
+
+def default_jsonl_path(name: str) -> Path:
+    """Where `quick_config` writes results when neither Redis nor JSONL was asked for."""
+    return Path("runs") / name / "{camera}.jsonl"
 
 
 def parse_camera_arg(text: str) -> tuple[str, str]:

@@ -34,14 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import (
+    ARCH_NAMES,
     DEFAULT_METRICS_PORT,
     PipelineConfig,
+    default_jsonl_path,
     load_config,
     parse_camera_arg,
     quick_config,
 )
 from pipeline.logs import setup_from_config, summary_line
 from pipeline.procs import EXIT_RESULTS_LOST, model_info_of
+from pipeline.redact import redact_url
 from pipeline.sdnotify import SystemdNotifier
 from pipeline.supervisor import Supervisor
 
@@ -141,10 +144,27 @@ class Pipeline:
         self.stop()
 
 
-def run_pipeline(cfg: PipelineConfig) -> int:
+def sinks_line(cfg: PipelineConfig) -> str:
+    """Where results go, for the start-up log (passwords masked)."""
+    s = cfg.sinks
+    parts = []
+    if s.redis is not None:
+        parts.append(f"Redis {redact_url(s.redis.url)}")
+    if s.jsonl is not None:
+        parts.append(f"JSON lines {s.jsonl.path}")
+    if s.video is not None:
+        parts.append(f"annotated videos in {s.video.dir}")
+    return ", ".join(parts) or "none here (the sink stage runs on another host)"
+
+
+def run_pipeline(cfg: PipelineConfig, default_sink: bool = False) -> int:
     """Run until SIGTERM/SIGINT (0), the end of an offline run (0), or a fatal error (2);
-    3 when results of offline cameras were not written."""
+    3 when results of offline cameras were not written. ``default_sink``: the results go to
+    the default JSONL files because no sink was asked for (said so in the log)."""
     setup_from_config(cfg, "supervisor")
+    if cfg.runs("sink"):
+        note = " (the default: no --redis or --jsonl given)" if default_sink else ""
+        log.info("results: %s%s", sinks_line(cfg), note)
     model = model_info_of(cfg)  # fail fast: a bad weights file stops here, nothing started
     sup = Supervisor(cfg, log_level=cfg.logging.level, model=model)
     sup.on_poll.append(SummaryLogger(cfg.logging.summary_interval_s))
@@ -175,7 +195,10 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "run",
         help="run the streaming pipeline (cameras → detect → track → sinks)",
-        description="Run the multi-process pipeline from a YAML config (-c) or from flags.",
+        description="Run the multi-process pipeline from a YAML config (-c) or from flags. "
+        f"With neither --redis nor --jsonl, results go to {default_jsonl_path('NAME')} "
+        "(NAME: --name; the start-up log says where results go). Flags set per run what the "
+        "config sets for every camera; a config file (-c) takes no such flags.",
     )
     p.add_argument("-c", "--config", type=Path, help="YAML config (see `edgestream config`)")
     p.add_argument(
@@ -185,7 +208,11 @@ def add_parsers(sub: Any) -> None:
         metavar="ID=URL",
         help="a camera (repeatable): rtsp://, http(s)://, a video file, /dev/videoN",
     )
-    p.add_argument("--arch", choices=("yolo_nas_s", "yolo_nas_m", "yolo_nas_l"))
+    p.add_argument(
+        "--arch",
+        choices=ARCH_NAMES,
+        help="network (default: from the weights file); needed with --random-weights",
+    )
     p.add_argument(
         "--weights", type=Path, help="weights file (.pth/.pt/.safetensors/.onnx/.engine)"
     )
@@ -193,8 +220,38 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                    default="auto")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--redis", metavar="URL", help="publish to Redis Streams at this URL")
+    p.add_argument(
+        "--conf",
+        type=float,
+        metavar="SCORE",
+        help="score threshold 0..1 (model.conf_threshold; default 0.25)",
+    )
+    p.add_argument(
+        "--detect-fps",
+        type=float,
+        metavar="FPS",
+        help="detect on at most FPS frames/s per camera (camera_defaults.detect_fps; "
+        "default: every frame)",
+    )
+    p.add_argument(
+        "--classes",
+        type=_class_list,
+        metavar="NAMES",
+        help="publish only these classes, comma-separated names or ids, e.g. "
+        "person,car (camera_defaults.classes; default: all)",
+    )
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="publish to Redis Streams at this URL (redis://, rediss:// or unix://)",
+    )
     p.add_argument("--jsonl", type=Path, metavar="DIR", help="write DIR/<camera>.jsonl")
+    p.add_argument(
+        "--video-out",
+        type=Path,
+        metavar="DIR",
+        help="also write an annotated video per camera to DIR (sinks.video.dir)",
+    )
     p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
                    help="live policy: drop oldest when behind (default); --no-realtime: "
                    "block and lose nothing, exit when every file was processed")  # fmt: skip
@@ -214,8 +271,12 @@ def add_parsers(sub: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     if args.config is not None:
-        if args.camera or args.weights or args.random_weights:
-            raise ValueError("give either -c CONFIG or --camera/--weights flags, not both")
+        given = [f"--{k.replace('_', '-')}" for k in _PER_RUN if getattr(args, k) is not None]
+        if args.camera or args.weights or args.random_weights or given:
+            raise ValueError(
+                "give either -c CONFIG or --camera/--weights flags, not both"
+                + (f" ({', '.join(given)} belong in the config file)" if given else "")
+            )
         return load_config(args.config)
     if not args.camera:
         raise ValueError("give -c CONFIG, or at least one --camera ID=URL")
@@ -232,7 +293,22 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         jsonl_path=None if args.jsonl is None else args.jsonl / "{camera}.jsonl",
         device=args.device,
         name=args.name,
+        detect_fps=args.detect_fps,
+        conf=args.conf,
+        classes=args.classes,
+        video_dir=args.video_out,
     )
+
+
+_PER_RUN = ("arch", "conf", "detect_fps", "classes", "redis", "jsonl", "video_out")
+
+
+def _class_list(text: str) -> list[int | str]:
+    """``--classes person,car,2`` -> ``["person", "car", 2]``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("give class names or ids, comma-separated")
+    return [int(t) if t.isdigit() else t for t in items]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -247,7 +323,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("shard %s: %d of %d camera(s): %s", shard, len(mine.cameras),
                  len(cfg.cameras), ", ".join(mine.camera_ids))  # fmt: skip
         cfg = mine
-    return run_pipeline(cfg)
+    default_sink = args.config is None and args.redis is None and args.jsonl is None
+    return run_pipeline(cfg, default_sink=default_sink)
 
 
 def main(argv: list[str] | None = None) -> int:
