@@ -335,11 +335,11 @@ def test_a_deadline_stage_reads_the_socket_empty_before_its_batch(edges: Edges) 
     """Even with max_wait 0 (due as soon as one frame waits), the batch that runs holds the
     newest frame of the camera, not the first one in the socket; the rest are superseded."""
     gate = threading.Event()
-    t = edges.run(NewestWins(gate))
+    t = edges.run(NewestWins(gate), block=True)  # outputs wait: only superseding may drop
     try:
         for i in range(6):
             assert edges.src.send(det("cam", i), block=True, timeout_s=5)
-        time.sleep(0.2)  # all six wait in the socket
+        time.sleep(1.0)  # all six reach the socket (ipc: ms; 1 s leaves room on a loaded CPU)
         gate.set()
         got = edges.collect(6)
     finally:
