@@ -188,9 +188,6 @@ class Metrics:
         self.camera_state_changes_total.labels(camera, state).inc()
         self.camera_up.labels(camera).set(1 if state == "streaming" else 0)
 
-    def set_camera_up(self, camera: str, up: bool) -> None:
-        self.camera_up.labels(camera).set(1 if up else 0)
-
     def batch(self, size: int) -> None:
         """One inference batch of ``size`` frames ran."""
         self.batch_size.observe(size)

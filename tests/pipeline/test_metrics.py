@@ -97,7 +97,7 @@ def _child(camera: str, frames: int, up: int, ready: mp.synchronize.Event, hold:
     assert m.registry is None  # multiprocess: values live in the files
     m.frames(camera, "decode", frames)
     m.dropped(camera, "decode", "queue_full", 1)
-    m.set_camera_up(camera, bool(up))
+    m.camera_state(camera, "streaming" if up else "backoff")
     m.batch(frames)
     m.e2e_latency(camera, 0.04)
     ready.set()
