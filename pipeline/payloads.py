@@ -85,13 +85,23 @@ class TrackedObject:
             "class_name": self.class_name,
             "score": round(float(self.score), 4),
             "box": [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)],
-            "box_norm": [
-                round(x1 / width, 5),
-                round(y1 / height, 5),
-                round(x2 / width, 5),
-                round(y2 / height, 5),
-            ],
+            "box_norm": [round(v, 5) for v in box_norm(self.box, width, height)],
         }
+
+
+def box_norm(
+    box: tuple[float, float, float, float], width: int, height: int
+) -> tuple[float, float, float, float]:
+    """``box`` divided by the image size, clipped to 0..1: a tracked (Kalman) box may reach
+    past the image edge, the published ``box`` keeps those pixels, ``box_norm`` stays in the
+    schema's range."""
+    x1, y1, x2, y2 = box
+    return (
+        min(max(x1 / width, 0.0), 1.0),
+        min(max(y1 / height, 0.0), 1.0),
+        min(max(x2 / width, 0.0), 1.0),
+        min(max(y2 / height, 0.0), 1.0),
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pipeline.payloads import (
     SCHEMA_VERSION,
     TRACK_EVENT_TYPE,
     FrameResult,
+    box_norm,
     event_json_dict,
 )
 
@@ -91,10 +92,7 @@ def _detections_prefix(frame: FrameResult) -> bytes:
                 _jstr(o.class_name),
                 o.score,
                 *o.box,
-                o.box[0] / w,
-                o.box[1] / h,
-                o.box[2] / w,
-                o.box[3] / h,
+                *box_norm(o.box, w, h),
             )
             for o in frame.objects
         ]

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from conftest import make_frame
 
@@ -228,3 +229,23 @@ def test_frame_result_from_a_real_tracker(validators: dict) -> None:
     for pending in encode_frame(frame):
         doc = json.loads(pending.finalize(T0 + 5))
         validators[doc["type"]].validate(doc)
+
+
+def test_box_norm_is_clipped_to_the_unit_range(validators: dict) -> None:
+    # a tracked (Kalman) box may reach past the image edge: box keeps its pixels, box_norm
+    # stays within the schema's 0..1 (it reached 1.00364 before)
+    obj = TrackedObject(3, 0, "car", 0.9, (-12.0, 5.0, 1927.0, 1083.9))
+    frame = FrameResult("c", 1, T0, 1920, 1080, (obj,), {"decode": T0})
+    want = [0.0, 5 / 1080, 1.0, 1.0]
+    for doc in (
+        json.loads(encode_frame(frame)[0].finalize(T0 + 0.1)),
+        json.loads(json.dumps(frame.to_json_dict(T0 + 0.1))),
+    ):
+        (o,) = doc["objects"]
+        assert o["box"] == [-12.0, 5.0, 1927.0, 1083.9]
+        assert o["box_norm"] == pytest.approx(want, abs=1e-5)
+        validators["detections"].validate(doc)
+    bad = json.loads(encode_frame(frame)[0].finalize(T0 + 0.1))
+    bad["objects"][0]["box_norm"][2] = 1.00364
+    with pytest.raises(jsonschema.ValidationError):
+        validators["detections"].validate(bad)
