@@ -438,7 +438,9 @@ class ModelConfig(_Strict):
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
         default="auto",
         description="Inference backend; auto picks by suffix (.onnx onnxruntime, "
-        ".engine/.plan tensorrt, else torch).",
+        ".engine/.plan tensorrt, else torch), except that a PyTorch checkpoint on the CPU runs "
+        "as its ONNX export on onnxruntime (exported once, cached by the checkpoint's hash "
+        "under ~/.cache/edgestream/onnx; about 2x faster there).",
     )
     device: str = Field(
         default="auto",

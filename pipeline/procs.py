@@ -369,6 +369,22 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     _run(stage, "detect", edges["items"], edges["detections"], cfg, stop, reporter)
 
 
+def cpu_onnx_config(cfg: PipelineConfig) -> tuple[PipelineConfig, str]:
+    """``cfg`` with a PyTorch checkpoint swapped for its ONNX export on ONNX Runtime when
+    ``model.backend`` is auto and the model runs on the CPU (`stages.detect.onnx_cache.cpu_onnx`:
+    exported once, cached by the checkpoint's hash), plus a line for the start-up log."""
+    from stages.detect.onnx_cache import cpu_onnx, default_cache_dir
+
+    m = cfg.model
+    if m.weights is None:
+        return cfg, ""
+    chosen = cpu_onnx(Path(m.weights), m.backend, m.device, default_cache_dir())
+    if chosen.path is None:
+        return cfg, chosen.note
+    model = m.model_copy(update={"weights": chosen.path, "backend": "onnxruntime"})
+    return cfg.model_copy(update={"model": model}), chosen.note
+
+
 def model_info_of(cfg: PipelineConfig, spec: ChildSpec | None = None) -> Any:
     """The model the config runs, as `stages.detect.describe.describe` reads it from the
     weights file (format, arch, classes, input size, backend) without building the network:

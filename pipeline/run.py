@@ -43,7 +43,7 @@ from pipeline.config import (
     quick_config,
 )
 from pipeline.logs import setup_from_config, summary_line
-from pipeline.procs import EXIT_RESULTS_LOST, model_info_of
+from pipeline.procs import EXIT_RESULTS_LOST, cpu_onnx_config, model_info_of
 from pipeline.redact import redact_url
 from pipeline.sdnotify import SystemdNotifier
 from pipeline.supervisor import Supervisor
@@ -162,10 +162,13 @@ def run_pipeline(cfg: PipelineConfig, default_sink: bool = False) -> int:
     3 when results of offline cameras were not written. ``default_sink``: the results go to
     the default JSONL files because no sink was asked for (said so in the log)."""
     setup_from_config(cfg, "supervisor")
-    if cfg.runs("sink"):
-        note = " (the default: no --redis or --jsonl given)" if default_sink else ""
-        log.info("results: %s%s", sinks_line(cfg), note)
+    cfg, note = cpu_onnx_config(cfg)  # a checkpoint on the CPU: its cached ONNX export
+    if note:
+        log.info("model: %s", note)
     model = model_info_of(cfg)  # fail fast: a bad weights file stops here, nothing started
+    if cfg.runs("sink"):
+        where = " (the default: no --redis or --jsonl given)" if default_sink else ""
+        log.info("results: %s%s", sinks_line(cfg), where)
     sup = Supervisor(cfg, log_level=cfg.logging.level, model=model)
     sup.on_poll.append(SummaryLogger(cfg.logging.summary_interval_s))
     notifier = SystemdNotifier.from_env()  # under systemd Type=notify: READY=1, WATCHDOG=1
@@ -218,7 +221,8 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--random-weights", action="store_true", help="seeded random model (a demo)")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"),
-                   default="auto")  # fmt: skip
+                   default="auto", help="auto: by the weights' suffix; a .pth on the CPU runs "
+                   "as its cached ONNX export on ONNX Runtime (said in the log)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
         "--conf",

@@ -30,6 +30,7 @@ from typing import Any, TextIO, cast
 
 from stages.demo.runs import RUNS_KEPT, default_workdir, new_run_dir, runs_dir
 from stages.demo.scenes import DEMO_SEED, ensure_scenes
+from stages.detect.onnx_cache import SOURCE_SHA256_KEY, cpu_onnx, onnx_for_cpu
 from stages.sinks.redis.config import DEFAULT_EVENTS_KEY_TEMPLATE, DEFAULT_KEY_TEMPLATE
 from stages.synth import CLASS_NAMES
 
@@ -49,8 +50,6 @@ DEMO_TRACKER = {
 defaults were tuned on MOT17 detections); figures in configs/demo.yaml."""
 SCENE_FPS = 25.0
 WEIGHT_SUFFIXES = (".pth", ".onnx", ".pt", ".safetensors")
-SOURCE_SHA256_KEY = "source_sha256"
-"""ONNX metadata key of a shipped export: the sha256 of the weights file it was exported from."""
 
 
 def find_demo_weights() -> Path | None:
@@ -183,46 +182,6 @@ class _Redis:
                     self.server.shutdown(nosave=True)
 
 
-def onnx_for_cpu(weights: Path, cache_dir: Path) -> Path:
-    """The ONNX export of PyTorch ``weights`` (input size and class names from the file),
-    made once and kept in ``cache_dir`` under a name that carries the weights' hash and
-    edgestream's version. On the CPU ONNX Runtime runs the demo model ~2.5x faster than
-    PyTorch (19 vs 48 ms per image here) with the same detections (tests/demo)."""
-    from stages.detect.engine_cache import file_sha256
-    from stages.detect.export import edgestream_version, export_onnx
-    from stages.detect.weights import load_model
-
-    digest = file_sha256(weights)[:16]
-    version = "".join(c if c.isalnum() or c in ".-" else "_" for c in edgestream_version())
-    target = cache_dir / f"{weights.stem}-{digest}-{version}.onnx"
-    if target.is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    model, info = load_model(weights)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        export_onnx(model, tmp, class_names=info.class_names or None, input_hw=info.input_hw)
-        os.replace(tmp, target)  # atomic: a concurrent demo never sees half a file
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
-
-
-def shipped_onnx(weights: Path) -> Path | None:
-    """The ONNX export shipped beside ``weights`` (same name, ``.onnx``) when its metadata says
-    it was exported from this very file (`write_shipped_onnx`), else None. It lets the lean
-    install (no torch) run the packaged demo model; a stale export is ignored, never run."""
-    path = weights.with_suffix(".onnx")
-    if weights.suffix.lower() == ".onnx" or not path.is_file():
-        return None
-    import onnx
-
-    from stages.detect.engine_cache import file_sha256
-
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return path if meta.get(SOURCE_SHA256_KEY) == file_sha256(weights) else None
-
-
 def write_shipped_onnx(weights: Path) -> Path:
     """Export ``weights`` (needs torch) to ``<weights>.onnx`` beside it, stamped with the
     weights' sha256 so `shipped_onnx` accepts it. Run after the demo model changes::
@@ -301,31 +260,11 @@ def _fast_cpu_weights(
     opts: DemoOptions, weights: Path | None, workdir: Path, out: TextIO
 ) -> Path | None:
     """With ``--backend auto`` on the CPU, PyTorch weights run as their cached ONNX export
-    under ONNX Runtime; anything else runs as given (None)."""
-    if weights is None or opts.backend != "auto" or weights.suffix.lower() == ".onnx":
-        return None
-    from pipeline.config import resolve_device
-    from pipeline.extras import MissingExtraError, has_module
-
-    no_torch = not has_module("torch")
-    if resolve_device(opts.device) != "cpu" and not no_torch:
-        return None
-    if not has_module("onnxruntime"):
-        return None
-    shipped = shipped_onnx(weights)
-    if shipped is not None:  # the lean install's path: no torch, no export
-        print(f"demo: {weights.name} runs on ONNX Runtime as {shipped}", file=out)
-        return shipped
-    if no_torch:
-        raise MissingExtraError("torch", f"running {weights.name} (no ONNX export beside it)")
-    try:
-        onnx_path = onnx_for_cpu(weights, workdir / "models")
-    except Exception as e:  # the PyTorch backend still works: say why, run on
-        print(f"demo: could not export {weights.name} to ONNX ({e}); running it with PyTorch",
-              file=out)  # fmt: skip
-        return None
-    print(f"demo: {weights.name} runs on ONNX Runtime as {onnx_path}", file=out)
-    return onnx_path
+    under ONNX Runtime; anything else runs as given (None). See `cpu_onnx`."""
+    chosen = cpu_onnx(weights, opts.backend, opts.device, workdir / "models")
+    if chosen.note:
+        print(f"demo: {chosen.note}", file=out)
+    return chosen.path
 
 
 def run_demo(opts: DemoOptions, out: TextIO | None = None) -> DemoSummary:

@@ -10,6 +10,7 @@ import anywhere fails the run), and the slow test builds a real fresh venv.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,7 +55,7 @@ def test_version() -> None:
 def test_shipped_demo_onnx_is_the_export_of_demo_pth() -> None:
     """demo.onnx carries the sha256 of demo.pth: retraining the model without re-exporting
     (stages.demo.app.write_shipped_onnx) fails here, not on a user's lean install."""
-    from stages.demo.app import shipped_onnx
+    from stages.detect.onnx_cache import shipped_onnx
 
     assert shipped_onnx(DEMO_PTH) == DEMO_ONNX
 
@@ -81,13 +82,17 @@ def test_run_with_an_onnx_model_needs_no_torch(tmp_path: Path) -> None:
         (["export", "--weights", str(DEMO_PTH), "--output", "x.onnx"], "torch", "torch"),
         (["run", "--camera", A_FILE, "--random-weights", "--arch", "yolo_nas_s"], "torch",
          "torch"),
-        (["run", "--camera", A_FILE, "--weights", str(DEMO_PTH)], "torch", "torch"),
+        # a checkpoint with no ONNX export beside it (demo.pth has one: it runs on ONNX Runtime)
+        (["run", "--camera", A_FILE, "--weights", "LONE_PTH"], "torch", "torch"),
         (["eval-tracker"], "trackeval", "eval"),
     ],
 )  # fmt: skip
 def test_a_missing_extra_is_one_line_and_exit_2(
     tmp_path: Path, args: list[str], blocked: str, extra: str
 ) -> None:
+    if "LONE_PTH" in args:
+        shutil.copy(DEMO_PTH, tmp_path / "lone.pth")
+        args = [str(tmp_path / "lone.pth") if a == "LONE_PTH" else a for a in args]
     out = _edgestream(args, _blocking_env(tmp_path, blocked), timeout_s=60)
     assert out.returncode == 2, out
     lines = [x for x in out.stderr.splitlines() if x.strip()]

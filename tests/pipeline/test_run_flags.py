@@ -73,7 +73,8 @@ def test_the_start_up_log_says_where_results_go(
         raise Stop
 
     monkeypatch.setattr("pipeline.run.setup_from_config", lambda *a, **k: None)
-    monkeypatch.setattr("pipeline.run.model_info_of", stop)
+    monkeypatch.setattr("pipeline.run.model_info_of", lambda cfg: None)
+    monkeypatch.setattr("pipeline.run.Supervisor", stop)
     with caplog.at_level(logging.INFO, logger="edgestream.run"), pytest.raises(Stop):
         run_pipeline(cfg, default_sink=True)
     assert "results: JSON lines" in caplog.text
