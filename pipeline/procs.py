@@ -378,6 +378,7 @@ def cpu_onnx_config(cfg: PipelineConfig) -> tuple[PipelineConfig, str]:
     m = cfg.model
     if m.weights is None:
         return cfg, ""
+    model_info_of(cfg)  # a file that cannot run is refused as itself, not as a failed export
     chosen = cpu_onnx(Path(m.weights), m.backend, m.device, default_cache_dir())
     if chosen.path is None:
         return cfg, chosen.note
