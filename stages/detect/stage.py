@@ -151,7 +151,7 @@ class DetectStage:
             if not realtime and len(self.policy) >= self.config.max_batch:
                 out += self._run_due()  # offline backlog: a full batch runs now (bounded memory)
             return out
-        if isinstance(msg, EndMsg):  # the camera's waiting items run first
+        if isinstance(msg, EndMsg):  # what waits (this camera's last frames among it) runs first
             return [*self.flush(), msg]
         if isinstance(msg, DropMsg):
             return [msg]
