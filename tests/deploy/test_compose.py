@@ -32,7 +32,7 @@ def test_compose_file_and_config() -> None:
     from pipeline.config import load_config
 
     spec = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
-    assert set(spec["services"]) == {"redis", "edgestream", "prometheus"}
+    assert set(spec["services"]) == {"redis", "edgestream", "prometheus", "grafana"}
     es = spec["services"]["edgestream"]
     assert es["build"]["dockerfile"] == "deploy/docker/Dockerfile.cpu" and es["shm_size"]
     assert spec["services"]["prometheus"]["profiles"] == ["monitoring"]
