@@ -13,6 +13,7 @@ from pipeline import shard as shard_cli
 from pipeline.extras import missing_extra_message
 from stages.demo import cli as demo_cli
 from stages.detect import cli as detect_cli
+from stages.detect import models_registry as models_cli
 from stages.detect.train import cli as train_cli
 from stages.sinks import cli as sinks_cli
 from stages.synth import cli as synth_cli
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cli.add_parsers(sub)
     shard_cli.add_parsers(sub)
     detect_cli.add_parsers(sub)
+    models_cli.add_parsers(sub)
     track_cli.add_parsers(sub)
     sinks_cli.add_parsers(sub)
     config_cli.add_parsers(sub)

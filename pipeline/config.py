@@ -174,6 +174,20 @@ ExistingFile = Annotated[Path, BeforeValidator(_expand), AfterValidator(_existin
 """A path that must name an existing file (checked when the config is loaded)."""
 
 
+def _weights_file(value: Path, info: ValidationInfo) -> Path:
+    """A weights path, or a known/cached model's name (`stages.detect.models_registry`)."""
+    from stages.detect.models_registry import resolve_weights
+
+    if _check_files(info):
+        base = _context(info).get("base_dir")
+        value = resolve_weights(value, None if base is None else Path(base))
+    return _existing_file(value, info)
+
+
+WeightsFile = Annotated[Path, BeforeValidator(_expand), AfterValidator(_weights_file)]
+"""An existing weights file, or the name of a model `edgestream models pull` cached."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=False)
 
@@ -415,10 +429,11 @@ class ModelConfig(_Strict):
         description="Network: yolo_nas_n, _s, _m or _l; null takes it from the "
         "weights file (checkpoints, safetensors, ONNX and engines say or show their arch).",
     )
-    weights: ExistingFile | None = Field(
+    weights: WeightsFile | None = Field(
         default=None,
         description="Weights file (.pt/.pth checkpoint, .safetensors, .onnx, .engine/.plan), "
-        "relative to this file; must exist. Exactly one of weights and random_weights.",
+        "relative to this file, or a model name from `edgestream models`; must exist. "
+        "Exactly one of weights and random_weights.",
     )
     random_weights: bool = Field(
         default=False,

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from stages.detect.models_registry import weights_arg
+
 log = logging.getLogger("edgestream.detect")
 
 ARCH_CHOICES = ("yolo_nas_s", "yolo_nas_m", "yolo_nas_l", "yolo_nas_n")
@@ -66,8 +68,9 @@ def add_parsers(sub: Any) -> None:
     w = p.add_mutually_exclusive_group(required=True)
     w.add_argument(
         "--weights",
-        type=Path,
-        help="super-gradients checkpoint, state_dict (.pt/.pth), .safetensors, ONNX or engine",
+        type=weights_arg,
+        help="super-gradients checkpoint, state_dict (.pt/.pth), .safetensors, ONNX or engine, "
+        "or a model name from `edgestream models`",
     )
     w.add_argument(
         "--random-weights",
@@ -95,7 +98,7 @@ def add_parsers(sub: Any) -> None:
         "(--nms onnx, runs in ONNX Runtime) or the EfficientNMS_TRT plugin (--nms tensorrt).",
     )
     p.add_argument("--arch", choices=ARCH_CHOICES, help="network (inferred from weights if absent)")
-    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--weights", type=weights_arg, required=True)
     p.add_argument("--num-classes", type=int)
     p.add_argument("--output", type=Path, required=True)
     p.add_argument("--nms", choices=("none", "onnx", "tensorrt"), default="none")

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stages.detect.models_registry import weights_arg
+
 ARCH_CHOICES = ("yolo_nas_n", "yolo_nas_s", "yolo_nas_m", "yolo_nas_l")
 
 
@@ -45,7 +47,12 @@ def add_parsers(subparsers: Any) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--init", help="checkpoint to fine-tune from (e.g. a super-gradients COCO one)")
+    g.add_argument(
+        "--init",
+        type=weights_arg,
+        help="checkpoint to fine-tune from (e.g. a super-gradients COCO one, or a name from "
+        "`edgestream models`)",
+    )
     g.add_argument(
         "--resume",
         nargs="?",
@@ -115,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         seed=args.seed,
-        init=args.init,
+        init=None if args.init is None else str(args.init),
         resume=args.resume,
         eval_every=args.eval_every,
         eval_images=args.eval_images,
