@@ -869,6 +869,10 @@ class VideoSection(_Strict):
         le=1000,
         description="Output frame rate (frames/s, 0..1000); null: the camera's.",
     )
+    untracked: bool = Field(
+        default=False,
+        description="Also draw boxes no track holds (grey); default: tracked boxes only.",
+    )
 
 
 class SinksConfig(_Strict):

@@ -517,7 +517,8 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
 
         video = cfg.sinks.video
         paths = {c.id: c.url for c in cfg.effective_cameras() if c.kind == "file"}
-        sinks.append(FileVideoSink(VideoSinkConfig(Path(video.dir), fps=video.fps), paths))
+        video_cfg = VideoSinkConfig(Path(video.dir), fps=video.fps, untracked=video.untracked)
+        sinks.append(FileVideoSink(video_cfg, paths))
     files = [c.id for c in cfg.effective_cameras() if c.kind == "file" and not c.loop]
     everything_ends = len(files) == len(cfg.cameras)  # live or offline: the input ends
     stage = SinkStage(

@@ -1,5 +1,8 @@
 """Annotated H.264 video per camera: boxes, class, track id, one colour per track.
 
+Tracked boxes only by default; ``VideoSinkConfig.untracked`` (``sinks.video.untracked``) also
+draws the boxes no track holds, in grey.
+
 Two layers:
 
 - `VideoSink` — ``setup() / process(result, rgb) / close()``: draws a `FrameResult` on the
@@ -76,11 +79,14 @@ class VideoSinkConfig:
     """dir: output folder (``<dir>/<camera>.mp4``, camera ids made file-safe).
     fps: output frame rate (frames/s); None: 25.
     caption: draw ``camera frame N`` in the corner of every frame.
+    untracked: also draw boxes the tracker has not (yet) confirmed, in grey; default: tracked
+    boxes only (untracked low-score boxes overlap the tracked ones and clutter the video).
     """
 
     dir: Path
     fps: float | None = None
     caption: bool = True
+    untracked: bool = False
 
     def __post_init__(self) -> None:
         if self.fps is not None and not 0 < self.fps <= 1000:
@@ -107,7 +113,10 @@ class VideoSink:
             raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {rgb.shape} {rgb.dtype}")
         cam = result.camera
         caption = f"{cam}  frame {result.frame_id}" if self.config.caption else ""
-        img = draw_tracks(rgb, result.objects, caption)
+        objects = result.objects
+        if not self.config.untracked:
+            objects = [o for o in objects if o.track_id is not None]
+        img = draw_tracks(rgb, objects, caption)
         size = self._size.setdefault(cam, (img.shape[1], img.shape[0]))
         if (img.shape[1], img.shape[0]) != size:  # a camera that changed resolution
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)

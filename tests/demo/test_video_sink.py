@@ -63,6 +63,31 @@ def test_draw_tracks_draws_each_box_in_its_track_colour() -> None:
     assert out[60, 40].sum() == 0  # inside a box stays as it was
 
 
+@pytest.mark.parametrize("untracked", [False, True])
+def test_video_sink_draws_tracked_boxes_only_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, untracked: bool
+) -> None:
+    import stages.sinks.video as video
+
+    drawn: list[list[int | None]] = []
+
+    def spy(rgb: np.ndarray, objects: list[TrackedObject], caption: str = "") -> np.ndarray:
+        drawn.append([o.track_id for o in objects])
+        return draw_tracks(rgb, objects, caption)
+
+    monkeypatch.setattr(video, "draw_tracks", spy)
+    config = VideoSinkConfig(tmp_path / "out", fps=10)
+    if untracked:
+        assert not config.untracked  # the default
+        config = VideoSinkConfig(tmp_path / "out", fps=10, untracked=True)
+    sink = VideoSink(config)
+    sink.setup()
+    objects = [_obj(7, (10, 10, 50, 60)), _obj(None, (12, 12, 52, 62))]
+    sink.process(_result("a", 0, objects), np.zeros((96, 160, 3), np.uint8))
+    sink.close()
+    assert drawn == ([[7, None]] if untracked else [[7]])
+
+
 def test_video_sink_writes_one_h264_file_per_camera(tmp_path: Path) -> None:
     sink = VideoSink(VideoSinkConfig(tmp_path / "out", fps=10))
     sink.setup()
