@@ -76,6 +76,21 @@ step "edgestream --version"
 "${RUN[@]}" "$TAG" --version | grep -E '^edgestream [0-9]'
 [[ "$("${RUN[@]}" --entrypoint id "$TAG" -u)" == "10001" ]] || { echo "not non-root"; exit 1; }
 
+step "installed versions = .ci/constraints.txt (the lock)"
+"${RUN[@]}" -v "$PWD/.ci/constraints.txt:/tmp/constraints.txt:ro" --entrypoint python3 "$TAG" -c '
+import re, sys
+from importlib.metadata import distributions
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+lines = [l.split("#")[0].split(";")[0].strip() for l in open("/tmp/constraints.txt")]
+pins = dict((norm(n), v.strip()) for n, v in (l.split("==", 1) for l in lines if "==" in l))
+venv = ("edgestream", "pip", "setuptools", "wheel")  # this project, and what venv brings
+got = {norm(d.metadata["Name"]): d.version for d in distributions() if d.metadata["Name"] not in venv}
+bad = [f"{n} {v} (lock: {pins[n]})" for n, v in sorted(got.items()) if n in pins and v != pins[n]]
+free = sorted(n for n in got if n not in pins)
+print(f"{len(got)} distributions, {len(got) - len(free)} pinned by the lock")
+sys.exit(f"not the locked versions: {bad}" if bad else f"not in the lock: {free}" if free else 0)
+'
+
 step "config check (mounted config)"
 "${RUN[@]}" "$TAG" config check /etc/edgestream/edgestream.yaml
 
