@@ -8,6 +8,7 @@ import os
 import sys
 
 from pipeline import config_cli
+from pipeline import curve as curve_cli
 from pipeline import run as run_cli
 from pipeline import shard as shard_cli
 from pipeline.extras import missing_extra_message
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     track_cli.add_parsers(sub)
     sinks_cli.add_parsers(sub)
     config_cli.add_parsers(sub)
+    curve_cli.add_parsers(sub)
     synth_cli.add_parsers(sub)
     train_cli.add_parsers(sub)
     return parser

@@ -35,6 +35,9 @@ Receiving: `Receiver.recv` returns the decoded message; its ``pixels`` option sa
 consumer gets for a `ShmRef`: ``"copy"`` an ndarray copied out of the ring (an overwritten slot
 becomes a `DropMsg` with reason ``shm_overwritten``), ``"ref"`` the descriptor itself (the stage
 reads it with a `pipeline.shm.ShmReader`, e.g. straight into a pinned batch).
+
+Authentication: a tcp `Sender`/`Receiver` given ``curve`` keys (`pipeline.curve.CurveKeys`)
+is a CURVE server when it binds and a CURVE client when it connects (see `pipeline.curve`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from typing import Any, Literal, Protocol, cast
 import numpy as np
 import zmq
 
+from pipeline.curve import CurveKeys, stop_authenticator
 from pipeline.messages import DropMsg, FrameMsg, ItemMsg, Message, MessageError, ShmRef, decode
 from pipeline.messages import encode as encode_msg
 from pipeline.shm import ShmPool, ShmReader
@@ -152,6 +156,7 @@ def shutdown() -> None:
     for s in list(_open_sockets):
         with contextlib.suppress(Exception):
             s.close(linger=0)
+    stop_authenticator()  # its thread holds a socket on the context
     with _ctx_lock:
         if _ctx is not None and _ctx_pid == os.getpid() and not _ctx.closed:
             _ctx.destroy(linger=0)  # also closes sockets opened on it directly
@@ -164,10 +169,20 @@ def open_sockets() -> list[zmq.Socket[Any]]:
 
 
 def _socket(
-    kind: int, ep: Endpoint, hwm: int, kernel_buffer_bytes: int | None, max_part_bytes: int = -1
+    kind: int,
+    ep: Endpoint,
+    hwm: int,
+    kernel_buffer_bytes: int | None,
+    max_part_bytes: int = -1,
+    curve: CurveKeys | None = None,
+    name: str = "",
 ) -> zmq.Socket[Any]:
+    if curve is not None and ep.is_ipc:
+        raise EndpointError(f"{ep}: CURVE keys are for tcp edges, not ipc")
     sock = context().socket(kind)
     try:
+        if curve is not None:
+            curve.apply(sock, ep.mode, name or ep.url)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes)
         if kind == zmq.PUSH:
@@ -187,6 +202,9 @@ def _socket(
     except zmq.ZMQError as e:
         sock.close(linger=0)
         raise EndpointError(f"cannot {ep.mode} {ep.url}: {e}") from e
+    except BaseException:
+        sock.close(linger=0)
+        raise
     _open_sockets.add(sock)
     return sock
 
@@ -246,6 +264,7 @@ class Sender:
         stage that wrote them into its own slab must have written with ``wait_s`` as well.
         Consumers release by `ShmReader.read` (``pixels="copy"`` does) or `release`.
     stop: checked while a blocking send waits, so shutdown never hangs on a full queue.
+    curve: CURVE keys (tcp only): server when this side binds, client when it connects.
     """
 
     def __init__(
@@ -260,6 +279,7 @@ class Sender:
         default_mode: Mode = "connect",
         kernel_buffer_bytes: int | None = None,
         name: str = "",
+        curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = (
             endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint, default_mode)
@@ -273,7 +293,9 @@ class Sender:
         self.stop = stop
         self._reader: ShmReader | None = None
         hwm, _ = split_capacity(capacity)
-        self.socket = _socket(zmq.PUSH, self.endpoint, hwm, kernel_buffer_bytes)
+        self.socket = _socket(
+            zmq.PUSH, self.endpoint, hwm, kernel_buffer_bytes, curve=curve, name=self.name
+        )
         self.sent = 0
         self.refused = 0
 
@@ -387,6 +409,7 @@ class Receiver:
     max_part_bytes: a peer sending a larger message part is disconnected (ZMQ_MAXMSGSIZE), so a
         stray or hostile client on a tcp port cannot make this process allocate without bound.
         The default (256 MiB) passes an 8K RGB frame.
+    curve: CURVE keys (tcp only): server when this side binds, client when it connects.
     """
 
     def __init__(
@@ -399,6 +422,7 @@ class Receiver:
         kernel_buffer_bytes: int | None = None,
         max_part_bytes: int = 256 << 20,
         name: str = "",
+        curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = (
             endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint, default_mode)
@@ -407,7 +431,9 @@ class Receiver:
         self.pixels = pixels
         self.reader = ShmReader()
         _, hwm = split_capacity(capacity)
-        self.socket = _socket(zmq.PULL, self.endpoint, hwm, kernel_buffer_bytes, max_part_bytes)
+        self.socket = _socket(
+            zmq.PULL, self.endpoint, hwm, kernel_buffer_bytes, max_part_bytes, curve, self.name
+        )
         self.received = 0
 
     @property

@@ -1,0 +1,164 @@
+"""CURVE on tcp edges, on real loopback sockets: authorized clients pass, others are refused
+and counted; `edgestream keys generate` writes usable key files."""
+
+from __future__ import annotations
+
+import logging
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from pipeline import curve, transport
+from pipeline.cli import main
+from pipeline.curve import CurveKeys
+from pipeline.messages import EndMsg
+from pipeline.transport import EndpointError, Receiver, Sender
+
+pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_sockets() -> Iterator[None]:
+    yield
+    left = transport.open_sockets()
+    for s in left:
+        s.close(linger=0)
+    transport.shutdown()
+    assert not left, f"test leaked {len(left)} socket(s)"
+
+
+def keys(folder: Path, client: str = "client") -> dict[str, Path]:
+    assert main(["keys", "generate", str(folder), "--client", client]) == 0
+    return _paths(folder, client)
+
+
+def _paths(folder: Path, client: str) -> dict[str, Path]:
+    return {
+        "server_secret": folder / "server.key_secret",
+        "server_public": folder / "server.key",
+        "client_secret": folder / f"{client}.key_secret",
+        "authorized": folder / "authorized_clients",
+    }
+
+
+def server_keys(k: dict[str, Path], domain: str) -> CurveKeys:
+    return CurveKeys(
+        server_secret_key_file=k["server_secret"], authorized_clients_dir=k["authorized"],
+        domain=domain,
+    )  # fmt: skip
+
+
+def client_keys(k: dict[str, Path], server: dict[str, Path] | None = None) -> CurveKeys:
+    return CurveKeys(
+        client_secret_key_file=k["client_secret"],
+        server_public_key_file=(server or k)["server_public"],
+    )
+
+
+def recv_all(rx: Receiver, n: int, timeout_s: float = 5.0) -> list[object]:
+    got: list[object] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        msg = rx.recv(50)
+        if msg is not None:
+            got.append(msg)
+    return got
+
+
+def test_keys_generate_writes_pairs_with_private_secrets(tmp_path: Path) -> None:
+    k = keys(tmp_path / "keys")
+    for name in ("server.key_secret", "client.key_secret"):
+        assert stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode) == 0o600
+    public, secret = zmq.auth.load_certificate(k["server_secret"])
+    assert secret is not None and len(public) == 40
+    assert zmq.auth.load_certificate(k["server_public"]) == (public, None)
+    client_public, _ = zmq.auth.load_certificate(k["client_secret"])
+    assert set(zmq.auth.load_certificates(k["authorized"])) == {client_public}
+    # never overwrites keys silently
+    assert main(["keys", "generate", str(tmp_path / "keys")]) == 2
+
+
+def test_authorized_client_gets_messages_through(tmp_path: Path) -> None:
+    k = keys(tmp_path / "keys")
+    with (
+        Receiver("bind:tcp://127.0.0.1:0", curve=server_keys(k, "ok-edge")) as rx,
+        Sender("connect:" + rx.address, curve=client_keys(k)) as tx,
+    ):
+        assert tx.wait_connected(5)
+        for i in range(20):
+            assert tx.send(EndMsg("cam", i), block=True, timeout_s=5)
+        got = recv_all(rx, 20)
+    assert got == [EndMsg("cam", i) for i in range(20)]
+    assert curve.refused().get("ok-edge", 0) == 0
+
+
+def test_binding_sender_is_the_server(tmp_path: Path) -> None:
+    """A fan-out edge binds on the sender: the PUSH side is then the CURVE server."""
+    k = keys(tmp_path / "keys")
+    with (
+        Sender("bind:tcp://127.0.0.1:0", curve=server_keys(k, "fanout")) as tx,
+        Receiver(
+            "connect:" + tx.socket.getsockopt_string(zmq.LAST_ENDPOINT), curve=client_keys(k)
+        ) as rx,
+    ):
+        assert tx.wait_connected(5)
+        assert tx.send(EndMsg("cam", 7), block=True, timeout_s=5)
+        assert recv_all(rx, 1) == [EndMsg("cam", 7)]
+
+
+def test_client_with_wrong_key_gets_nothing_through_and_is_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    k = keys(tmp_path / "keys")
+    stranger = keys(tmp_path / "other", client="stranger")  # a pair not in authorized_clients
+    before = curve.refused().get("items-test", 0)
+    with (
+        caplog.at_level(logging.WARNING, logger="pipeline.curve"),
+        Receiver("bind:tcp://127.0.0.1:0", curve=server_keys(k, "items-test")) as rx,
+        Sender("connect:" + rx.address, curve=client_keys(stranger, server=k)) as bad,
+        Sender("connect:" + rx.address) as plain,  # no CURVE at all
+    ):
+        assert not bad.wait_connected(1.0)  # the handshake never completes
+        assert not plain.wait_connected(0.2)
+        for i in range(5):
+            bad.send(EndMsg("bad", i), block=False)
+            plain.send(EndMsg("plain", i), block=False)
+        assert recv_all(rx, 1, timeout_s=1.0) == []
+        deadline = time.monotonic() + 5
+        while curve.refused().get("items-test", 0) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # an authorized client on the same socket still gets through
+        with Sender("connect:" + rx.address, curve=client_keys(k)) as good:
+            assert good.wait_connected(5)
+            assert good.send(EndMsg("good", 1), block=True, timeout_s=5)
+            assert recv_all(rx, 1) == [EndMsg("good", 1)]
+    assert curve.refused()["items-test"] > before
+    stranger_public = zmq.auth.load_certificate(stranger["client_secret"])[0].decode()
+    refusals = [r for r in caplog.records if "not authorized" in r.getMessage()]
+    assert len(refusals) == 1  # logged once per key, however often it retries
+    assert stranger_public in refusals[0].getMessage()
+    assert "127.0.0.1" in refusals[0].getMessage()
+
+
+def test_curve_refused_on_ipc(tmp_path: Path) -> None:
+    k = keys(tmp_path / "keys")
+    with pytest.raises(EndpointError, match="not ipc"):
+        Receiver(f"bind:ipc://{tmp_path}/x.sock", curve=server_keys(k, "ipc"))
+
+
+def test_side_without_its_keys_is_refused(tmp_path: Path) -> None:
+    k = keys(tmp_path / "keys")
+    with pytest.raises(curve.CurveKeyError, match="server_secret_key_file"):
+        Receiver("bind:tcp://127.0.0.1:0", curve=client_keys(k))
+    with pytest.raises(curve.CurveKeyError, match="no secret key"):
+        Sender(
+            "connect:tcp://127.0.0.1:9",
+            curve=CurveKeys(
+                client_secret_key_file=k["server_public"],
+                server_public_key_file=k["server_public"],
+            ),
+        )
