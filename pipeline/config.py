@@ -918,6 +918,46 @@ def _endpoint(value: str) -> str:
     return value
 
 
+def _existing_dir(value: Path, info: ValidationInfo) -> Path:
+    value = _resolve_path(value, info)
+    if _check_files(info) and not value.is_dir():
+        raise ValueError(
+            f"folder not found: {value}" if not value.exists() else f"not a folder: {value}"
+        )
+    return value
+
+
+class CurveConfig(_Strict):
+    """ZeroMQ CURVE keys for tcp edges (encrypted; only authorized clients get through).
+
+    The side that binds is the CURVE server and needs server_secret_key_file and
+    authorized_clients_dir; the side that connects needs client_secret_key_file and
+    server_public_key_file. Each host gives only its own side's two (both when one process
+    tree runs both ends). Files from `edgestream keys generate DIR` (pyzmq certificate format);
+    in Kubernetes mount them from a Secret. A client whose key is not authorized is refused
+    and counted (transport.auth_refused in the stage's stats, one warning per key)."""
+
+    server_secret_key_file: ExistingFile | None = Field(
+        default=None,
+        description="Binding side: the server's key pair (server.key_secret, mode 0600).",
+    )
+    authorized_clients_dir: (
+        Annotated[Path, BeforeValidator(_expand), AfterValidator(_existing_dir)] | None
+    ) = Field(
+        default=None,
+        description="Binding side: folder of client public keys (*.key); only these connect. "
+        "Read when the stage starts.",
+    )
+    client_secret_key_file: ExistingFile | None = Field(
+        default=None,
+        description="Connecting side: this client's key pair (client.key_secret, mode 0600).",
+    )
+    server_public_key_file: ExistingFile | None = Field(
+        default=None,
+        description="Connecting side: the server's public key (server.key).",
+    )
+
+
 class EdgeConfig(_Strict):
     """One ZeroMQ edge between two stages."""
 
@@ -933,6 +973,11 @@ class EdgeConfig(_Strict):
         le=10_000,
         description="Messages queued on this edge (ZeroMQ high-water mark, 1..10000). When full, "
         "realtime cameras drop (counted), realtime: false blocks. Small keeps latency bounded.",
+    )
+    curve: CurveConfig | None = Field(
+        default=None,
+        description="CURVE keys for this tcp edge (replaces transport.curve for it); refused "
+        "on an auto or ipc edge.",
     )
 
 
@@ -966,6 +1011,18 @@ class TransportConfig(_Strict):
         default=None,
         description="Folder for auto ipc:// socket files; null: a private temporary folder.",
     )
+    curve: CurveConfig | None = Field(
+        default=None,
+        description="CURVE keys for every tcp edge (an edge's own curve replaces it); auto and "
+        "ipc edges stay as they are. null: tcp edges accept anyone who reaches the port.",
+    )
+
+    def curve_of(self, edge: str) -> CurveConfig | None:
+        """The CURVE keys of ``edge``: its own, else transport.curve on a tcp edge."""
+        cfg: EdgeConfig = getattr(self.edges, edge)
+        if cfg.endpoint == "auto" or parse_endpoint(cfg.endpoint)[1] != "tcp":
+            return None
+        return cfg.curve or self.curve
 
     @model_validator(mode="after")
     def _consistent(self) -> TransportConfig:
@@ -994,6 +1051,32 @@ class TransportConfig(_Strict):
                 )
             elif parse_endpoint(edge.endpoint)[1] == "ipc":
                 pass  # another process tree on this host: allowed
+        for name, (src, dst) in EDGES.items():
+            edge = getattr(self.edges, name)
+            if edge.curve is not None and self.curve_of(name) is None:
+                problems.append(
+                    (("edges", name, "curve"), "CURVE is for tcp edges; this edge is auto/ipc")
+                )
+            keys = self.curve_of(name)
+            if keys is None or not (src in seen or dst in seen):
+                continue
+            written = parse_endpoint(edge.endpoint)[0] or "bind"
+            sides = (
+                {"bind", "connect"}
+                if src in seen and dst in seen
+                else {written}  # one side here: the written endpoint is this side's
+            )
+            for side in sorted(sides):
+                need = (
+                    ("server_secret_key_file", "authorized_clients_dir")
+                    if side == "bind"
+                    else ("client_secret_key_file", "server_public_key_file")
+                )
+                lacking = [n for n in need if getattr(keys, n) is None]
+                if lacking:
+                    where = ("edges", name, "curve") if edge.curve is not None else ("curve",)
+                    what = " and ".join(lacking)
+                    problems.append((where, f"the {side} side of {name} runs here: needs {what}"))
         if problems:
             raise ConfigProblems(problems)
         return self

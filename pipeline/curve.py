@@ -79,7 +79,8 @@ class CurveKeys:
         if mode == "bind":
             assert self.server_secret_key_file and self.authorized_clients_dir
             public, secret = _load(self.server_secret_key_file, secret=True)
-            _authorize(domain, self.authorized_clients_dir)
+            n = _authorize(domain, self.authorized_clients_dir)
+            log.info("%s: CURVE server, %d authorized client key(s)", domain, n)
             sock.zap_domain = domain.encode()
             sock.curve_server = True
             sock.curve_publickey = public
@@ -91,6 +92,7 @@ class CurveKeys:
             sock.curve_publickey = public
             sock.curve_secretkey = secret
             sock.curve_serverkey = server_public
+            log.info("%s: CURVE client", domain)
 
 
 def authorized_keys(folder: Path) -> set[bytes]:
@@ -149,9 +151,9 @@ class _Clients:
         return False
 
 
-def _authorize(domain: str, folder: Path) -> None:
+def _authorize(domain: str, folder: Path) -> int:
     """Starts this process's authenticator (once; again after fork) and lets the clients in
-    ``folder`` through on ``domain``."""
+    ``folder`` through on ``domain``. Returns how many keys there are."""
     from pipeline.transport import context
 
     global _auth, _auth_pid
@@ -163,6 +165,7 @@ def _authorize(domain: str, folder: Path) -> None:
             _auth_pid = os.getpid()
         auth = _auth
     auth.configure_curve_callback(domain, credentials_provider=_Clients(domain, keys, auth))
+    return len(keys)
 
 
 def stop_authenticator() -> None:

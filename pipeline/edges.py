@@ -11,6 +11,10 @@ Pixels: on an ipc edge the sender gets a `pipeline.shm.ShmPool`: live (non-block
 move pixels into a ring and send a descriptor, offline (blocking) sends go inline (see
 `pipeline.transport`). On a tcp edge, descriptors are resolved to inline pixels before sending
 (the consumer is on another host).
+
+Authentication: a tcp edge with CURVE keys (its ``curve``, else ``transport.curve``) opens its
+binding side as the CURVE server and its connecting side as a client, the edge's name being
+the ZAP domain its refusals are counted under (see `pipeline.curve`). ipc edges never use it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import EDGES, EdgeName, PipelineConfig
+from pipeline.config import EDGES, CurveConfig, EdgeName, PipelineConfig
+from pipeline.curve import CurveKeys
 from pipeline.shm import ShmPool
 from pipeline.transport import Endpoint, Receiver, Sender, StopFlag
 
@@ -31,6 +36,7 @@ class EdgePlan:
     sender: Endpoint
     receiver: Endpoint
     capacity: int
+    curve: CurveKeys | None = None
 
     @property
     def shm(self) -> bool:
@@ -42,10 +48,27 @@ class EdgePlan:
     ) -> Sender:
         """The PUSH socket; ``pool`` carries live pixels on an ipc edge (ignored on tcp)."""
         shm = pool if self.shm else None
-        return Sender(self.sender, self.capacity, shm=shm, stop=stop, name=name or self.name)
+        return Sender(
+            self.sender, self.capacity, shm=shm, stop=stop, name=name or self.name, curve=self.curve
+        )
 
     def open_receiver(self, name: str = "") -> Receiver:
-        return Receiver(self.receiver, self.capacity, pixels="ref", name=name or self.name)
+        return Receiver(
+            self.receiver, self.capacity, pixels="ref", name=name or self.name, curve=self.curve
+        )
+
+
+def curve_keys(cfg: CurveConfig | None, edge: str) -> CurveKeys | None:
+    """The transport's `CurveKeys` for a config section (None: no CURVE)."""
+    if cfg is None:
+        return None
+    return CurveKeys(
+        server_secret_key_file=cfg.server_secret_key_file,
+        authorized_clients_dir=cfg.authorized_clients_dir,
+        client_secret_key_file=cfg.client_secret_key_file,
+        server_public_key_file=cfg.server_public_key_file,
+        domain=edge,
+    )
 
 
 def plan_edges(cfg: PipelineConfig, run_dir: Path) -> dict[str, EdgePlan]:
@@ -66,5 +89,6 @@ def plan_edges(cfg: PipelineConfig, run_dir: Path) -> dict[str, EdgePlan]:
         if edge.endpoint != "auto" and local_src != local_dst:
             # one side runs elsewhere: the written endpoint is this side's
             sender, receiver = (binder, other) if local_src else (other, binder)
-        out[edge_name] = EdgePlan(edge_name, sender, receiver, edge.capacity)
+        curve = curve_keys(cfg.transport.curve_of(edge_name), edge_name)
+        out[edge_name] = EdgePlan(edge_name, sender, receiver, edge.capacity, curve)
     return out

@@ -167,6 +167,12 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.edge_auth_refused_total = Counter(
+            "edgestream_edge_auth_refused_total",
+            "CURVE handshakes refused on a tcp edge (client key not authorized), per edge.",
+            ["edge"],
+            registry=r,
+        )
         self._lock = threading.Lock()
         self._last: dict[tuple[str, ...], float] = {}
 

@@ -262,6 +262,7 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     cameras = [(c.id, camera_config(c, cfg)) for c in cfg.effective_cameras()]
     pool = ShmPool(cfg.name, "frames", slots=cfg.preprocess.workers + 4)
     sender = edge.open_sender(stop, name="decode", pool=pool)
+    _report_auth(reporter, edge)
     feeder = DecodeFeeder(cameras, sender, on_state=reporter.camera_state)
     reporter.source(lambda: {"decode": feeder.counters})
     if cfg.runs("detect") and not flags.model_ready.is_set():
@@ -541,6 +542,7 @@ def _run(stage: Any, name: str, inp: EdgePlan, out: EdgePlan | None, cfg: Pipeli
                     name, out.name if out is not None else "?", _CONNECT_WAIT_S)  # fmt: skip
     counters = StageCounters()
     reporter.source(lambda: {"stage": counters.snapshot()})
+    _report_auth(reporter, inp, out)
     pump = threading.Thread(target=_report_loop, args=(reporter, stop), daemon=True)
     pump.start()
     try:
@@ -553,6 +555,14 @@ def _run(stage: Any, name: str, inp: EdgePlan, out: EdgePlan | None, cfg: Pipeli
             sender.close()
         if pool is not None:
             pool.close()
+
+
+def _report_auth(reporter: Reporter, *edges: EdgePlan | None) -> None:
+    """Refused CURVE clients (per edge) in the stats, where this process has a CURVE edge."""
+    if any(e is not None and e.curve is not None for e in edges):
+        from pipeline.curve import refused
+
+        reporter.source(lambda: {"transport": {"auth_refused": refused()}})
 
 
 def _report_loop(reporter: Reporter, stop: Any) -> None:

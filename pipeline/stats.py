@@ -156,6 +156,8 @@ class Reporter:
         for key, n in (decode.get("dropped") or {}).items():
             cam, _, reason = key.partition("|")
             m.sync_counter(m.frames_dropped_total, (cam, "decode", reason), n)
+        for edge, n in ((snap.get("transport") or {}).get("auth_refused") or {}).items():
+            m.sync_counter(m.edge_auth_refused_total, (edge,), n)
         sinks = snap.get("sinks") or {}
         if isinstance(sinks.get("RedisSink"), dict):
             m.sync_redis(sinks["RedisSink"])

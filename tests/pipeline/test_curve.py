@@ -142,6 +142,17 @@ def test_client_with_wrong_key_gets_nothing_through_and_is_counted(
     assert len(refusals) == 1  # logged once per key, however often it retries
     assert stranger_public in refusals[0].getMessage()
     assert "127.0.0.1" in refusals[0].getMessage()
+    # the stage's stats carry the count, and /metrics has it per edge
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.metrics import Metrics
+    from pipeline.stats import Reporter
+
+    registry = CollectorRegistry()
+    reporter = Reporter("detect", None, metrics=Metrics(registry))
+    reporter._sync_metrics({"transport": {"auth_refused": curve.refused()}})
+    got = registry.get_sample_value("edgestream_edge_auth_refused_total", {"edge": "items-test"})
+    assert got == curve.refused()["items-test"]
 
 
 def test_curve_refused_on_ipc(tmp_path: Path) -> None:
@@ -162,3 +173,87 @@ def test_side_without_its_keys_is_refused(tmp_path: Path) -> None:
                 server_public_key_file=k["server_public"],
             ),
         )
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def remote_config(transport: dict[str, object]) -> dict[str, object]:
+    return {
+        "version": 1,
+        "name": "curvetest",
+        "cameras": [],
+        "model": {"random_weights": True, "arch": "yolo_nas_s"},
+        "transport": transport,
+    }
+
+
+def test_config_gives_each_side_its_keys_and_plans_them(tmp_path: Path) -> None:
+    from pipeline.config import validate_config
+    from pipeline.edges import plan_edges
+
+    k = keys(tmp_path / "keys")
+    detector = validate_config(
+        remote_config({
+            "stages": ["detect"],
+            "curve": {
+                "server_secret_key_file": str(k["server_secret"]),
+                "authorized_clients_dir": str(k["authorized"]),
+            },
+            "edges": {
+                "items": {"endpoint": "bind:tcp://*:5701"},
+                "detections": {"endpoint": "bind:tcp://*:5702"},
+            },
+        })
+    )  # fmt: skip
+    plan = plan_edges(detector, tmp_path)
+    assert plan["items"].curve is not None and plan["items"].curve.domain == "items"
+    assert plan["items"].curve.server_secret_key_file == k["server_secret"]
+    assert plan["frames"].curve is None  # auto (ipc) edges stay as they are
+    assert plan["tracked"].curve is None
+
+
+def test_config_refuses_missing_key_files(tmp_path: Path) -> None:
+    from pipeline.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError) as e:
+        validate_config(
+            remote_config({
+                "stages": ["detect"],
+                "edges": {
+                    "items": {"endpoint": "bind:tcp://*:5701"},
+                    "detections": {
+                        "endpoint": "bind:tcp://*:5702",
+                        "curve": {
+                            "server_secret_key_file": str(tmp_path / "nope.key_secret"),
+                            "authorized_clients_dir": str(tmp_path / "nope"),
+                        },
+                    },
+                },
+            })
+        )  # fmt: skip
+    text = str(e.value)
+    assert "detections.curve.server_secret_key_file: file not found" in text
+    assert "detections.curve.authorized_clients_dir: folder not found" in text
+
+
+def test_config_refuses_curve_on_ipc_and_a_side_without_its_keys(tmp_path: Path) -> None:
+    from pipeline.config import ConfigError, validate_config
+
+    k = keys(tmp_path / "keys")
+    with pytest.raises(ConfigError) as e:
+        validate_config(
+            remote_config({
+                "stages": ["detect"],
+                "curve": {"client_secret_key_file": str(k["client_secret"])},
+                "edges": {
+                    "frames": {"curve": {"server_public_key_file": str(k["server_public"])}},
+                    "items": {"endpoint": "bind:tcp://*:5701"},
+                    "detections": {"endpoint": "bind:tcp://*:5702"},
+                },
+            })
+        )  # fmt: skip
+    text = str(e.value)
+    assert "transport.edges.frames.curve: CURVE is for tcp edges" in text
+    # detect binds both edges here: the server side's keys are missing
+    assert "the bind side of items runs here: needs server_secret_key_file" in text

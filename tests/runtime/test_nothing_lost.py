@@ -76,29 +76,50 @@ def test_run_equals_detect(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("curve", [False, True], ids=["plain", "curve"])
 def test_detect_on_another_process_tree_over_tcp(
     tmp_path: Path,
     shared_data: Path,
     tiny_onnx: Path,
     reference: dict[int, list[tuple[Any, ...]]],
     reap: list[Any],
+    curve: bool,
 ) -> None:
     """Two process trees, as on two hosts: the detect stage alone in one (binding tcp), the
-    rest in the other; pixels travel inline over tcp. Still exactly `detect`'s output."""
+    rest in the other; pixels travel inline over tcp. Still exactly `detect`'s output. With
+    ``curve`` both tcp edges are CURVE-authenticated (keys from `edgestream keys generate`)."""
     from redis_server import free_port
 
+    from pipeline.curve import generate
+
+    client_keys: dict[str, Any] = {}
+    server_keys: dict[str, Any] = {}
+    if curve:
+        keys = generate(tmp_path / "keys")
+        client_keys = {
+            "curve": {
+                "client_secret_key_file": str(keys["client_secret_key_file"]),
+                "server_public_key_file": str(keys["server_public_key_file"]),
+            }
+        }
+        server_keys = {
+            "curve": {
+                "server_secret_key_file": str(keys["server_secret_key_file"]),
+                "authorized_clients_dir": str(tmp_path / "keys" / "authorized_clients"),
+            }
+        }
     items, dets = free_port(), free_port()
     video = str(shared_data / "media" / VIDEO)
     edge = {"frames": {"endpoint": "auto"}, "tracked": {"endpoint": "auto"}}
     here = pipeline_config(
         tmp_path, tiny_onnx, {"cam0": video}, camera_defaults={"detect_fps": 1.0},
-        transport={"stages": ["decode", "preprocess", "track", "sink"], "edges": {
+        transport={**client_keys, "stages": ["decode", "preprocess", "track", "sink"], "edges": {
             **edge, "items": {"endpoint": f"connect:tcp://127.0.0.1:{items}"},
             "detections": {"endpoint": f"connect:tcp://127.0.0.1:{dets}"}}},
     )  # fmt: skip
     there = pipeline_config(
         tmp_path, tiny_onnx, {}, name=here["name"] + "d",
-        transport={"stages": ["detect"], "edges": {
+        transport={**server_keys, "stages": ["detect"], "edges": {
             "items": {"endpoint": f"bind:tcp://127.0.0.1:{items}"},
             "detections": {"endpoint": f"bind:tcp://127.0.0.1:{dets}"}}},
     )  # fmt: skip
@@ -114,6 +135,11 @@ def test_detect_on_another_process_tree_over_tcp(
     assert rc == 0, text[-3000:]
     detector.send_signal(signal.SIGTERM)
     assert detector.wait(15) == 0
+    if curve:
+        remote = (remote_dir / "run.log").read_text()
+        assert "items: CURVE server, 1 authorized client key(s)" in remote, remote[-3000:]
+        assert "detections: CURVE server" in remote and "items: CURVE client" in text
+        assert "not authorized" not in remote
     (last,) = re.findall(r"camera cam0: end of file \(last seq (\d+)\)", text)
     docs = [d for d in read_jsonl(tmp_path / "out" / "cam0.jsonl") if d["type"] == "detections"]
     assert len(docs) == int(last) + 1
