@@ -12,6 +12,7 @@ from pipeline import curve as curve_cli
 from pipeline import run as run_cli
 from pipeline import shard as shard_cli
 from pipeline.extras import missing_extra_message
+from pipeline.logs import setup_logging
 from stages.demo import cli as demo_cli
 from stages.detect import cli as detect_cli
 from stages.detect import models_registry as models_cli
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=os.environ.get("EDGESTREAM_LOG_LEVEL", "INFO"), help="log level"
     )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=os.environ.get("EDGESTREAM_LOG_FORMAT", "text"),
+        help="log lines as text or JSON, the same for every command ($EDGESTREAM_LOG_FORMAT; "
+        "`run -c CONFIG` takes logging.format from the config)",
+    )
     parser.add_argument("--version", action="version", version=f"edgestream {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_cli.add_parsers(sub)
@@ -57,11 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level, args.log_format, process_name=args.command)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

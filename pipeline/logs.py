@@ -144,6 +144,16 @@ class JsonFormatter(logging.Formatter):
         return self._redact.redact(json.dumps(out, ensure_ascii=False, default=str))
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (not when logging was set up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup_logging(
     level: str | int = "INFO",
     fmt: LogFormat = "text",
@@ -153,8 +163,10 @@ def setup_logging(
 ) -> RedactFilter:
     """Configure this process's root logger; returns its `RedactFilter` (add secrets later).
 
-    Replaces the root logger's handlers (so calling it again, e.g. in a child after the
-    parent's settings were inherited, does not double lines). process_name: what the lines
+    Replaces the root logger's stream handlers (so calling it again, e.g. in a child after
+    the parent's settings were inherited, or after ``logging.basicConfig``, does not double
+    lines). Every ``edgestream`` command starts with it (`pipeline.cli.main`), so all of them
+    log in one format. process_name: what the lines
     say (``"decode"``, ``"preprocess[1]"``); default: ``"main"`` for the main process, else
     multiprocessing's process name.
     """
@@ -164,13 +176,17 @@ def setup_logging(
         current = multiprocessing.current_process()
         process_name = "main" if current.name == "MainProcess" else current.name
     redact = RedactFilter(secrets)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(stream if stream is not None else _Stderr())
+    handler._edgestream = True  # type: ignore[attr-defined]
     handler.addFilter(_ProcessFilter(process_name))
     handler.addFilter(redact)
     handler.setFormatter(JsonFormatter(redact) if fmt == "json" else TextFormatter(redact))
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        # ours from an earlier call and logging.basicConfig's; others (a file, a test
+        # harness's capture) stay
+        if getattr(old, "_edgestream", False) or type(old) is logging.StreamHandler:
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     for name in _QUIET:

@@ -42,7 +42,7 @@ from pipeline.config import (
     parse_camera_arg,
     quick_config,
 )
-from pipeline.logs import setup_from_config, summary_line
+from pipeline.logs import setup_from_config, setup_logging, summary_line
 from pipeline.procs import EXIT_RESULTS_LOST, cpu_onnx_config, model_info_of
 from pipeline.redact import redact_url
 from pipeline.sdnotify import SystemdNotifier
@@ -319,6 +319,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.shard import apply_shard, run_idle, shard_from
 
     cfg = config_from_args(args)
+    log_format = getattr(args, "log_format", None)  # edgestream --log-format (flags, no YAML)
+    if args.config is None and log_format is not None and log_format != cfg.logging.format:
+        cfg = cfg.model_copy(
+            update={"logging": cfg.logging.model_copy(update={"format": log_format})}
+        )
     shard = shard_from(getattr(args, "shard", None))
     if shard is not None:
         mine = apply_shard(cfg, shard)
@@ -340,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgestream")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("INFO", "text", process_name=args.command)
     try:
         return int(args.func(args))
     except (ConfigError, ValueError, OSError) as e:

@@ -91,6 +91,8 @@ class DemoOptions:
     video: bool = True
     table: bool = True
     log_level: str = "WARNING"
+    log_format: str = "text"
+    """text or json: the stages log as the demo's own lines do (`edgestream --log-format`)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.cameras <= 8:
@@ -251,7 +253,7 @@ def pipeline_config(
         "tracker": tracker,
         "sinks": {"redis": {"url": redis_url}},
         "metrics": {"port": opts.metrics_port},
-        "logging": {"level": opts.log_level, "summary_interval_s": 0},
+        "logging": {"level": opts.log_level, "format": opts.log_format, "summary_interval_s": 0},
     }
     return validate_config(data, base_dir=Path.cwd(), source="edgestream demo")
 

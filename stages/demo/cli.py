@@ -95,6 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         video=not args.no_video,
         table=not args.no_table,
         log_level=args.pipeline_log_level.upper(),
+        log_format=getattr(args, "log_format", "text"),
     )
     summary = run_demo(opts)
     return 0 if summary.ok else 2

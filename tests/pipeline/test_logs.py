@@ -85,7 +85,8 @@ def test_secrets_from_the_config_are_masked(restore_root: None) -> None:
     redact = setup_from_config(cfg, process_name="sink")
     assert SECRET in redact.secrets
     out = io.StringIO()
-    logging.getLogger().handlers[0].setStream(out)  # type: ignore[attr-defined]
+    (ours,) = [h for h in logging.getLogger().handlers if getattr(h, "_edgestream", False)]
+    ours.setStream(out)  # type: ignore[attr-defined]
     logging.getLogger("t").error("server said: bad header X-Auth: %s", SECRET)
     assert SECRET not in out.getvalue() and "***" in out.getvalue()
 
@@ -164,3 +165,26 @@ def test_child_process_lines_name_the_process() -> None:
     assert proc.returncode == 0, proc.stderr
     assert " INFO  detect[" in proc.stderr and "redis://:***@r/0" in proc.stderr
     assert SECRET not in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_every_command_and_the_demo_stages_log_in_one_format(
+    fmt: str, restore_root: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+    from stages.demo.app import DemoOptions, pipeline_config
+
+    # every command (demo, run, models, tail...) starts with setup_logging, as `run` does
+    assert main(["--log-format", fmt, "models"]) == 0
+    logging.getLogger("edgestream.demo").warning("one line")
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    if fmt == "json":
+        assert json.loads(line)["process"] == "models" and json.loads(line)["msg"] == "one line"
+    else:
+        assert " WARNING models[" in line and line.endswith("edgestream.demo: one line")
+    # and the demo's stages are configured with the same format
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"")
+    opts = DemoOptions(workdir=tmp_path, random_weights=True, log_format=fmt)
+    cfg = pipeline_config(opts, [video], "redis://localhost:6379/0", None)
+    assert cfg.logging.format == fmt
