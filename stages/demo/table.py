@@ -19,6 +19,16 @@ HEADERS = ("camera", "up", "fps", "published", "in redis", "objects", "tracks", 
 """tracks: tracked objects in the newest frame / distinct track ids so far. p50/p99: capture to
 publish latency. dropped: frames dropped by any stage (reasons in the final summary)."""
 
+LEGEND = (
+    "tracks a/b: active now / started so far | published: the stages' count, sent each "
+    "second | in redis: read back from Redis (so it can be ahead) | p50/p99: capture to "
+    "publish, ms"
+)
+"""One line under the table that says what the columns mean."""
+
+MIN_WIDTHS = (6, 3, 5, 9, 8, 7, 7, 10, 7)
+"""Room for values that grow (counts, latencies), so columns stay put from the start."""
+
 
 def rows(
     cameras: Mapping[str, Mapping[str, Any]], counts: Mapping[str, CameraCounts]
@@ -45,12 +55,24 @@ def rows(
     return out
 
 
-def render_text(title: str, cells: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(HEADERS)]  # fmt: skip
-    line = "  ".join(h.ljust(w) for h, w in zip(HEADERS, widths, strict=True))
-    body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join([title, line, "-" * len(line), *body])
+def column_widths(cells: list[list[str]], at_least: list[int] | None = None) -> list[int]:
+    """Each column's width: its header, `MIN_WIDTHS`, every cell, and ``at_least`` (the widths
+    drawn before, so a column never narrows between refreshes)."""
+    floor = at_least or [0] * len(HEADERS)
+    return [max(len(h), MIN_WIDTHS[i], floor[i], *(len(r[i]) for r in cells))
+            for i, h in enumerate(HEADERS)]  # fmt: skip
+
+
+def render_text(title: str, cells: list[list[str]], widths: list[int] | None = None) -> str:
+    """The table as text: camera left-aligned, numbers right-aligned, then the legend."""
+    widths = column_widths(cells, widths)
+
+    def fit(values: Any) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True)))  # fmt: skip
+
+    line = fit(HEADERS)
+    return "\n".join([title, line, "-" * len(line), *(fit(r) for r in cells), LEGEND])
 
 
 class LiveTable:
@@ -72,19 +94,24 @@ class LiveTable:
             except ImportError:
                 self._live = None
         self._drawn_lines = 0
+        self.widths: list[int] = column_widths([])
+        """The widest each column has been: columns widen when they must, never narrow."""
 
     def update(self, title: str, cells: list[list[str]]) -> None:
+        self.widths = column_widths(cells, self.widths)
         if self._live is not None:
             from rich.table import Table
 
-            table = Table(title=title, title_justify="left")
-            for h in HEADERS:
-                table.add_column(h, justify="left" if h == "camera" else "right", no_wrap=True)
+            table = Table(title=title, title_justify="left", caption=LEGEND,
+                          caption_justify="left")  # fmt: skip
+            for h, w in zip(HEADERS, self.widths, strict=True):
+                table.add_column(h, justify="left" if h == "camera" else "right", no_wrap=True,
+                                 min_width=w)  # fmt: skip
             for r in cells:
                 table.add_row(*r)
             self._live.update(table, refresh=True)
             return
-        text = render_text(title, cells)
+        text = render_text(title, cells, self.widths)
         if self.tty:  # move up over the previous table and redraw it
             if self._drawn_lines:
                 self.out.write(f"\x1b[{self._drawn_lines}F\x1b[J")
