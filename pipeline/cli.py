@@ -9,13 +9,13 @@ import sys
 
 from pipeline import config_cli
 from pipeline import curve as curve_cli
+from pipeline import models_registry as models_cli
 from pipeline import run as run_cli
 from pipeline import shard as shard_cli
 from pipeline.extras import missing_extra_message
 from pipeline.logs import setup_logging
 from stages.demo import cli as demo_cli
 from stages.detect import cli as detect_cli
-from stages.detect import models_registry as models_cli
 from stages.detect.train import cli as train_cli
 from stages.sinks import cli as sinks_cli
 from stages.synth import cli as synth_cli

@@ -175,8 +175,8 @@ ExistingFile = Annotated[Path, BeforeValidator(_expand), AfterValidator(_existin
 
 
 def _weights_file(value: Path, info: ValidationInfo) -> Path:
-    """A weights path, or a known/cached model's name (`stages.detect.models_registry`)."""
-    from stages.detect.models_registry import resolve_weights
+    """A weights path, or a known/cached model's name (`pipeline.models_registry`)."""
+    from pipeline.models_registry import resolve_weights
 
     if _check_files(info):
         base = _context(info).get("base_dir")

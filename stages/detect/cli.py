@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stages.detect.models_registry import weights_arg
+from pipeline.models_registry import weights_arg
 
 log = logging.getLogger("edgestream.detect")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import models_registry as reg
 from pipeline.cli import main
 from pipeline.config import quick_config
-from stages.detect import models_registry as reg
 
 PAYLOAD = b"not really a checkpoint, but bytes to hash " * 1000
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stages.detect.models_registry import weights_arg
+from pipeline.models_registry import weights_arg
 
 ARCH_CHOICES = ("yolo_nas_n", "yolo_nas_s", "yolo_nas_m", "yolo_nas_l")
 

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-_DEMO_DIR = Path(__file__).resolve().parent / "models"
+_DEMO_DIR = Path(__file__).resolve().parents[1] / "stages" / "detect" / "models"
 _YOLONAS_LICENSE = "https://github.com/Deci-AI/super-gradients/blob/master/LICENSE.YOLONAS.md"
 _REFUSED_NOTE = (
     "Deci's download host has moved and refuses these requests "
