@@ -56,6 +56,7 @@ def _exposed_names(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     m.restart("detect")
     m.sync_redis({"published": 1, "events_published": 1, "dropped": {"buffer_full": 1},
                   "reconnects": 1, "connected": True})  # fmt: skip
+    m.sync_counter(m.edge_auth_refused_total, ("items",), 1)
     sampled = {s.name for family in registry.collect() for s in family.samples}
     assert sampled <= names and sampled >= {n for n in names if not n.endswith("_created")}
     return names
