@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 from pathlib import Path
 
 import av
@@ -62,7 +63,8 @@ def test_demo_runs_the_real_pipeline_and_reads_results_back(
     assert "USER:PASS" not in text  # no password-in-URL suggestion
     assert "XREAD COUNT 5 STREAMS edgestream:cam1:detections" in text
     assert "edgestream run --camera cam1=rtsp://" in text
-    assert "camera  up" in text  # the live table (plain, not a terminal)
+    assert re.search(r"^camera +up +fps +published", text, re.M)  # the live table (plain text)
+    assert "tracks a/b: active now / started so far" in text  # and its legend
     import redis
 
     socket = summary.redis_url.removeprefix("unix://")
