@@ -6,29 +6,21 @@ from __future__ import annotations
 import logging
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
 
-from pipeline import curve, transport
+from pipeline import curve
 from pipeline.cli import main
 from pipeline.curve import CurveKeys
 from pipeline.messages import EndMsg
 from pipeline.transport import EndpointError, Receiver, Sender
 
-pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_sockets() -> Iterator[None]:
-    yield
-    left = transport.open_sockets()
-    for s in left:
-        s.close(linger=0)
-    transport.shutdown()
-    assert not left, f"test leaked {len(left)} socket(s)"
+pytestmark = [
+    pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE"),
+    pytest.mark.usefixtures("no_leaked_sockets"),  # tests/pipeline/conftest.py
+]
 
 
 def keys(folder: Path, client: str = "client") -> dict[str, Path]:

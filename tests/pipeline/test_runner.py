@@ -12,21 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import transport
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, FrameMsg, Message
 from pipeline.runner import FatalStageError, Stage, StageCounters, run_stage
 from pipeline.shm import ShmPool
 from pipeline.transport import Receiver, Sender
 
-
-@pytest.fixture(autouse=True)
-def no_leaked_sockets() -> Iterator[None]:
-    yield
-    left = transport.open_sockets()
-    for s in left:
-        s.close(linger=0)
-    transport.shutdown()
-    assert not left, f"test leaked {len(left)} socket(s)"
+pytestmark = pytest.mark.usefixtures("no_leaked_sockets")  # tests/pipeline/conftest.py
 
 
 def det(cam: str, seq: int) -> DetectionsMsg:

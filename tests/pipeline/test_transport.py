@@ -21,15 +21,7 @@ from pipeline.transport import Endpoint, EndpointError, Receiver, Sender
 SPAWN = mp.get_context("spawn")
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_sockets() -> Iterator[None]:
-    """Fails a test that leaves a socket of `pipeline.transport` open; ends the context."""
-    yield
-    left = transport.open_sockets()
-    for s in left:
-        s.close(linger=0)
-    transport.shutdown()
-    assert not left, f"test leaked {len(left)} socket(s)"
+pytestmark = pytest.mark.usefixtures("no_leaked_sockets")  # tests/pipeline/conftest.py
 
 
 @pytest.fixture
