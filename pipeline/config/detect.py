@@ -1,0 +1,171 @@
+"""The detector, batching and preprocess sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
+from pipeline.config.base import Arch, ConfigProblems, EnvStr, WeightsFile, _Strict
+
+
+class ModelConfig(_Strict):
+    """The detector: YOLO-NAS weights and the backend that runs them."""
+
+    arch: Arch | None = Field(
+        default=None,
+        description="Network: yolo_nas_n, _s, _m or _l; null takes it from the "
+        "weights file (checkpoints, safetensors, ONNX and engines say or show their arch).",
+    )
+    weights: WeightsFile | None = Field(
+        default=None,
+        description="Weights file (.pt/.pth checkpoint, .safetensors, .onnx, .engine/.plan), "
+        "relative to this file, or a model name from `edgestream models`; must exist. "
+        "Exactly one of weights and random_weights.",
+    )
+    random_weights: bool = Field(
+        default=False,
+        description="Seeded random network instead of weights (demo and tests only: every "
+        "stage runs, the boxes are meaningless). Needs arch and the torch backend.",
+    )
+    num_classes: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="Class count (1..100000); null: from the weights.",
+    )
+    class_names: list[EnvStr] | None = Field(
+        default=None,
+        description="Class names in class-id order; null: from the weights file or COCO's 80.",
+    )
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = Field(
+        default="auto",
+        description="Inference backend; auto picks by suffix (.onnx onnxruntime, "
+        ".engine/.plan tensorrt, else torch), except that a PyTorch checkpoint on the CPU runs "
+        "as its ONNX export on onnxruntime (exported once, cached by the checkpoint's hash "
+        "under ~/.cache/edgestream/onnx; about 2x faster there).",
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto (cuda when present, else cpu), cpu, cuda or cuda:N.",
+    )
+    half: bool = Field(default=False, description="FP16 inference (torch backend on CUDA only).")
+    threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Intra-op CPU threads for the backend (count, 0..256; 0: default).",
+    )
+    conf_threshold: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Score threshold (0..1); lower finds more, and more noise.",
+    )
+    iou_threshold: float = Field(
+        default=0.7, ge=0, le=1, description="NMS IoU above which the lower-scored box goes (0..1)."
+    )
+    max_detections: int = Field(
+        default=300, ge=1, le=10_000, description="Detections kept per image after NMS (1..10000)."
+    )
+    top_k: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="Candidates kept before NMS (1..100000); bounds NMS cost.",
+    )
+    multi_label: bool = Field(
+        default=False,
+        description="A box may yield several (class, score) pairs: one object published as "
+        "car, person and bicycle at once. false (the runtime default): one box per object, "
+        "its best class. true is the reference predict()'s default, which `edgestream detect` "
+        "and the parity tests keep.",
+    )
+
+    @model_validator(mode="after")
+    def _weights_choice(self) -> ModelConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        if self.weights is None and not self.random_weights:
+            problems.append((("weights",), "required (or set random_weights: true for a demo)"))
+        if self.weights is not None and self.random_weights:
+            problems.append((("random_weights",), "set either weights or random_weights, not both"))
+        if self.random_weights and self.arch is None:
+            problems.append((("arch",), "random_weights needs an arch (yolo_nas_s, _m or _l)"))
+        if self.random_weights and self.backend not in ("auto", "torch"):
+            problems.append((("backend",), "random_weights runs on the torch backend only"))
+        names, n = self.class_names, self.num_classes
+        if names is not None and n is not None and len(names) != n:
+            problems.append(
+                (
+                    ("class_names",),
+                    f"has {len(names)} names but num_classes is {n}",
+                )
+            )
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+
+
+class BatchingConfig(_Strict):
+    """Deadline-aware batching in the detect stage."""
+
+    max_batch: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Frames per inference batch (1..64); a batch leaves as soon as it is full. "
+        "TensorRT engines need an optimization profile up to this size.",
+    )
+    max_wait_ms: float = Field(
+        default=10.0,
+        ge=0,
+        le=1000,
+        description="A batch leaves at most this long after its first frame arrived, full or "
+        "not (ms, 0..1000): the latency a frame may spend waiting for company.",
+    )
+    slots_per_camera: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Realtime cameras: frames of one camera that may wait ahead of the model "
+        "(1..16). Newest frame wins: when they are all taken, the oldest waiting frame is "
+        "replaced by the new one and counted as superseded. 1 gives the lowest latency under "
+        "overload; more lets a camera fill a batch on its own when the model is idle.",
+    )
+    max_frame_age_ms: float | None = Field(
+        default=500.0,
+        ge=1,
+        le=60_000,
+        description="Realtime cameras with slots_per_camera > 1: a waiting frame older than "
+        "this (capture to batch, ms, 1..60000) is superseded by a newer frame of the same "
+        "camera. The newest frame of a camera is never dropped for age, and nothing is "
+        "dropped after detection. null: only slots decide. Ignored for realtime: false cameras.",
+    )
+
+
+class PreprocessConfig(_Strict):
+    """Letterbox workers between decode and detect."""
+
+    workers: int = Field(
+        default=2,
+        ge=1,
+        le=32,
+        description="Preprocess processes (1..32). Each letterboxes ~1 frame per 2-5 ms of CPU; "
+        "more than the cores left after decode and detect only adds contention.",
+    )
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; others unchanged."""
+    if device != "auto":
+        return device
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"

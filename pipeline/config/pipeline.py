@@ -1,0 +1,188 @@
+"""The whole pipeline: every section, cross-checks, effective cameras, secrets."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import (
+    Field,
+    PrivateAttr,
+    model_validator,
+)
+
+# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
+from pipeline.config.base import (
+    _SECRET_FIELD,
+    _SECRET_QUERY_KEY,
+    ConfigProblems,
+    StageName,
+    _Strict,
+)
+from pipeline.config.cameras import CameraDefaults, CameraEntry, CameraSettings
+from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig
+from pipeline.config.runtime import LoggingConfig, MetricsConfig, TransportConfig
+from pipeline.config.sinks import SinksConfig
+from pipeline.config.tracker import TrackerSection
+from pipeline.redact import REDACTED, redact_text, redact_url
+
+
+class PipelineConfig(_Strict):
+    """One pipeline (one process tree): cameras, model, batching, sinks, transport."""
+
+    version: Literal[1] = Field(default=1, description="Config format version (1).")
+    name: str = Field(
+        default="edgestream",
+        pattern=r"^[A-Za-z0-9_.\-]{1,32}$",
+        description="Pipeline name: 1-32 of [A-Za-z0-9_.-]; names shared memory, sockets, metrics.",
+    )
+    realtime: bool = Field(
+        default=True,
+        description="Live policy for cameras that do not set their own: true drops the oldest "
+        "frame when a stage falls behind (counted); false blocks and loses nothing (offline "
+        "files; file sources are then read as fast as the pipeline goes).",
+    )
+    camera_defaults: CameraDefaults = Field(
+        default_factory=CameraDefaults, description="Decode settings every camera inherits."
+    )
+    cameras: list[CameraEntry] = Field(
+        default_factory=list,
+        description="The cameras; each needs id and url and may override camera_defaults.",
+    )
+    model: ModelConfig = Field(..., description="The detector.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Batching.")
+    preprocess: PreprocessConfig = Field(
+        default_factory=PreprocessConfig, description="Preprocess workers."
+    )
+    tracker: TrackerSection = Field(default_factory=TrackerSection, description="Tracker.")
+    sinks: SinksConfig = Field(default_factory=SinksConfig, description="Result sinks.")
+    transport: TransportConfig = Field(
+        default_factory=TransportConfig, description="Edges and the stages run here."
+    )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics/health.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+
+    _secrets: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PipelineConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        first: dict[str, int] = {}
+        for i, cam in enumerate(self.cameras):
+            if cam.id in first:
+                problems.append(
+                    (
+                        ("cameras", i, "id"),
+                        f"duplicate id {cam.id!r} (also cameras[{first[cam.id]}])",
+                    )
+                )
+            else:
+                first[cam.id] = i
+        stages = set(self.transport.stages)
+        if "decode" in stages and not self.cameras:
+            problems.append((("cameras",), "at least one camera is needed to run the decode stage"))
+        if "sink" in stages and not any(
+            s is not None for s in (self.sinks.redis, self.sinks.jsonl, self.sinks.video)
+        ):
+            problems.append((("sinks",), "the sink stage runs here but no sink is configured"))
+        for i, eff in enumerate(self.effective_cameras()):
+            if eff.backoff_max_s < eff.backoff_min_s:
+                problems.append(
+                    (
+                        ("cameras", i, "backoff_max_s"),
+                        f"must be >= backoff_min_s ({eff.backoff_min_s}) after merging "
+                        "camera_defaults",
+                    )
+                )
+        if problems:
+            raise ConfigProblems(problems)
+        self._secrets = frozenset(_url_and_file_secrets(self))
+        return self
+
+    # -- effective cameras -----------------------------------------------------------------
+
+    def camera(self, camera_id: str) -> CameraSettings:
+        """The effective settings of ``camera_id``: `camera_defaults` merged with its entry."""
+        for entry in self.cameras:
+            if entry.id == camera_id:
+                return _merge(self.camera_defaults, entry, self.realtime)
+        raise KeyError(f"no camera {camera_id!r}; known: {', '.join(self.camera_ids) or 'none'}")
+
+    def effective_cameras(self) -> list[CameraSettings]:
+        """Every camera's effective settings, in file order."""
+        return [_merge(self.camera_defaults, e, self.realtime) for e in self.cameras]
+
+    @property
+    def camera_ids(self) -> list[str]:
+        return [e.id for e in self.cameras]
+
+    def runs(self, stage: StageName) -> bool:
+        """Whether this process tree runs ``stage``."""
+        return stage in self.transport.stages
+
+    # -- secrets ---------------------------------------------------------------------------
+
+    def secrets(self) -> tuple[str, ...]:
+        """Literal secret values to redact from any text: URL passwords, secret-looking
+        ``${VAR}`` values and secret files' contents (for `pipeline.logs` redaction)."""
+        return tuple(sorted(self._secrets, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        """``text`` with every credential of this config masked."""
+        return redact_text(text, self.secrets())
+
+    def redacted_dump(self) -> dict[str, Any]:
+        """The config as plain JSON types, every credential masked: safe to log.
+
+        Cameras appear with their effective settings (defaults merged with overrides).
+        """
+        data = self.model_dump(mode="json")
+        data["cameras"] = [c.model_dump(mode="json") for c in self.effective_cameras()]
+        return _redact_tree(data, self.secrets())
+
+
+def _merge(defaults: CameraDefaults, entry: CameraEntry, realtime: bool) -> CameraSettings:
+    values = defaults.model_dump()
+    for name in entry.model_fields_set:
+        if name in ("id", "url", "password_file", "realtime"):
+            continue
+        value = getattr(entry, name)
+        if name == "options":
+            value = {**defaults.options, **value}
+        values[name] = value
+    return CameraSettings.model_construct(
+        **values,
+        id=entry.id,
+        url=entry.url,
+        password_file=entry.password_file,
+        realtime=realtime if entry.realtime is None else entry.realtime,
+    )
+
+
+def _url_and_file_secrets(cfg: PipelineConfig) -> set[str]:
+    from pipeline.redact import url_secrets
+
+    out: set[str] = set()
+    urls = [c.url for c in cfg.cameras]
+    if cfg.sinks.redis is not None:
+        urls.append(cfg.sinks.redis.url)
+    for url in urls:
+        out.update(url_secrets(url))
+        try:
+            query = parse_qsl(urlsplit(url).query)
+        except ValueError:
+            continue
+        out.update(v for k, v in query if _SECRET_QUERY_KEY.match(k) and len(v) >= 3)
+    return out
+
+
+def _redact_tree(value: Any, secrets: tuple[str, ...], key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _redact_tree(v, secrets, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_tree(v, secrets, key) for v in value]
+    if isinstance(value, str):
+        if _SECRET_FIELD.search(key) and value:
+            return REDACTED
+        return redact_text(redact_url(value), secrets)
+    return value
