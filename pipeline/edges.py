@@ -21,11 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.config import EDGES, CurveConfig, EdgeName, PipelineConfig
+from pipeline.config import EDGES, CurveConfig, EdgeName
 from pipeline.curve import CurveKeys
 from pipeline.shm import ShmPool
 from pipeline.transport import Endpoint, Receiver, Sender, StopFlag
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
 
 FAN_OUT: frozenset[str] = frozenset({"frames"})
 

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config import (
     CameraEntry,
     CameraSettings,
-    PipelineConfig,
     camera_url_with_password,
     resolve_device,
 )
@@ -45,6 +44,7 @@ from pipeline.runner import StageCounters, run_stage
 from pipeline.stats import Reporter
 
 if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
     from stages.decode.config import CameraConfig
     from stages.detect.types import NMSParams
     from stages.sinks.jsonl import JsonlSinkConfig
@@ -212,15 +212,9 @@ def jsonl_sink_config(cfg: PipelineConfig) -> JsonlSinkConfig | None:
     return JsonlSinkConfig(**section.model_dump())
 
 
-_TRACK_STAGE_FIELDS = ("default_frame_rate_hz", "state_dir")
-
-
 def tracker_config(cfg: PipelineConfig) -> TrackerConfig:
     """`stages.track.TrackerConfig` from the tracker section."""
-    from stages.track.config import TrackerConfig
-
-    values = cfg.tracker.model_dump(exclude=set(_TRACK_STAGE_FIELDS))
-    return TrackerConfig(**values)
+    return cfg.tracker.tracker()
 
 
 def track_stage_config(cfg: PipelineConfig) -> TrackStageConfig:

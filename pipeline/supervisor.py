@@ -35,9 +35,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config import STAGES, PipelineConfig
+from pipeline.config import STAGES
 from pipeline.edges import EdgePlan, plan_edges
 from pipeline.flags import RunFlags, SharedFlag
 from pipeline.procs import (
@@ -52,6 +52,9 @@ from pipeline.procs import (
 )
 from pipeline.shm import NAME_PREFIX, cleanup_stale, list_segments
 from pipeline.stats import StatsBoard
+
+if TYPE_CHECKING:
+    from pipeline.config import PipelineConfig
 
 log = logging.getLogger("edgestream.supervisor")
 

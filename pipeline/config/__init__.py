@@ -5,9 +5,13 @@ The package, one module per concern (each well under 400 lines):
 * `base`: errors, ``${VAR}`` substitution, paths, the strict base model, shared names;
 * `errors`: pydantic errors as ``key.path: message`` lines (did-you-mean hints);
 * `runtime`: transport (edges, CURVE), metrics, logging;
-* `cameras`, `detect`, `tracker`, `sinks`: the stage sections;
-* `pipeline`: `PipelineConfig`, every section together, cross-checks, secrets;
+* `cameras`, `detect`, `sinks`: stage sections not yet moved to their stage;
+* `pipeline`: `PipelineConfig`, every section together (the stages' own models, e.g.
+  `stages.track.config.TrackerSection`), cross-checks, secrets;
 * `loading`: `load_config`, `validate_config`, `quick_config`.
+
+`pipeline` and `loading` import the stages' config models; they are loaded on first use of
+their names (`PipelineConfig`, `load_config`...), so ``import pipeline.config`` loads no stage.
 
 Every model forbids unknown keys, every field says its unit and bounds. Read a file with
 `load_config`; build one without YAML with `quick_config` (``edgestream run --camera ...``).
@@ -38,6 +42,9 @@ Rules the loader enforces, and why:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from pipeline.config.base import (
     ARCH_NAMES,
     CAMERA_ID_PATTERN,
@@ -65,8 +72,6 @@ from pipeline.config.cameras import (
 )
 from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig, resolve_device
 from pipeline.config.errors import format_errors
-from pipeline.config.loading import load_config, parse_yaml, quick_config, validate_config
-from pipeline.config.pipeline import PipelineConfig
 from pipeline.config.runtime import (
     DEFAULT_METRICS_PORT,
     CurveConfig,
@@ -85,7 +90,31 @@ from pipeline.config.sinks import (
     VideoSection,
     default_jsonl_path,
 )
-from pipeline.config.tracker import TrackerSection
+
+if TYPE_CHECKING:
+    from pipeline.config.loading import load_config, parse_yaml, quick_config, validate_config
+    from pipeline.config.pipeline import PipelineConfig, TrackerSection
+
+# The composed config imports the stages' config models: loaded on first use, so importing
+# `pipeline.config` (the runtime core does) loads no stage.
+_COMPOSED = {
+    "PipelineConfig": "pipeline.config.pipeline",
+    "TrackerSection": "pipeline.config.pipeline",
+    "load_config": "pipeline.config.loading",
+    "parse_yaml": "pipeline.config.loading",
+    "quick_config": "pipeline.config.loading",
+    "validate_config": "pipeline.config.loading",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _COMPOSED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline.config' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ARCH_NAMES",

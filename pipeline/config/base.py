@@ -22,8 +22,7 @@ from pydantic import (
 from pipeline.redact import REDACTED, redact_url
 
 # The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
-
-
+# torch (a test checks they agree).
 ARCH_NAMES = ("yolo_nas_n", "yolo_nas_s", "yolo_nas_m", "yolo_nas_l")
 
 
@@ -175,7 +174,7 @@ WeightsFile = Annotated[Path, BeforeValidator(_expand), AfterValidator(_weights_
 """An existing weights file, or the name of a model `edgestream models pull` cached."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=False)
 
     def __repr_args__(self) -> Any:

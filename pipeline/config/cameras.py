@@ -15,22 +15,21 @@ from pydantic import (
     model_validator,
 )
 
-# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
 from pipeline.config.base import (
     CAMERA_ID_PATTERN,
     ConfigProblems,
     EnvStr,
     ExistingFile,
+    StrictModel,
     _check_files,
     _expand,
     _resolve_path,
-    _Strict,
     read_secret_file,
 )
 from pipeline.redact import redact_url
 
 
-class CameraDefaults(_Strict):
+class CameraDefaults(StrictModel):
     """Decode settings shared by every camera (`stages.decode.CameraConfig`, less the url).
 
     Any camera entry may set any of these again for itself.

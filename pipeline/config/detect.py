@@ -9,11 +9,10 @@ from pydantic import (
     model_validator,
 )
 
-# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
-from pipeline.config.base import Arch, ConfigProblems, EnvStr, WeightsFile, _Strict
+from pipeline.config.base import Arch, ConfigProblems, EnvStr, StrictModel, WeightsFile
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """The detector: YOLO-NAS weights and the backend that runs them."""
 
     arch: Arch | None = Field(
@@ -111,7 +110,7 @@ class ModelConfig(_Strict):
         return self
 
 
-class BatchingConfig(_Strict):
+class BatchingConfig(StrictModel):
     """Deadline-aware batching in the detect stage."""
 
     max_batch: int = Field(
@@ -148,7 +147,7 @@ class BatchingConfig(_Strict):
     )
 
 
-class PreprocessConfig(_Strict):
+class PreprocessConfig(StrictModel):
     """Letterbox workers between decode and detect."""
 
     workers: int = Field(

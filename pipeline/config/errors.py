@@ -13,7 +13,6 @@ from pydantic import (
     ValidationError,
 )
 
-# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
 from pipeline.config.base import ConfigProblems, _path_str
 
 

@@ -12,7 +12,6 @@ from pydantic import (
     ValidationError,
 )
 
-# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
 from pipeline.config.base import ConfigError, read_secret_file
 from pipeline.config.errors import format_errors
 from pipeline.config.pipeline import PipelineConfig

@@ -1,4 +1,10 @@
-"""The whole pipeline: every section, cross-checks, effective cameras, secrets."""
+"""The whole pipeline: every section, cross-checks, effective cameras, secrets.
+
+This module composes the stages' own config models (``stages.<stage>.config``: schema-only
+modules importing nothing but pydantic and `pipeline.config.base`), so it and `loading` are
+the config's wiring: `pipeline.config` exports them lazily and the runtime core (supervisor,
+transport, runner...) never imports them at run time (tests/pipeline/test_layering.py).
+"""
 
 from __future__ import annotations
 
@@ -11,23 +17,22 @@ from pydantic import (
     model_validator,
 )
 
-# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
 from pipeline.config.base import (
     _SECRET_FIELD,
     _SECRET_QUERY_KEY,
     ConfigProblems,
     StageName,
-    _Strict,
+    StrictModel,
 )
 from pipeline.config.cameras import CameraDefaults, CameraEntry, CameraSettings
 from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig
 from pipeline.config.runtime import LoggingConfig, MetricsConfig, TransportConfig
 from pipeline.config.sinks import SinksConfig
-from pipeline.config.tracker import TrackerSection
 from pipeline.redact import REDACTED, redact_text, redact_url
+from stages.track.config import TrackerSection
 
 
-class PipelineConfig(_Strict):
+class PipelineConfig(StrictModel):
     """One pipeline (one process tree): cameras, model, batching, sinks, transport."""
 
     version: Literal[1] = Field(default=1, description="Config format version (1).")

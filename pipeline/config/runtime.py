@@ -14,7 +14,6 @@ from pydantic import (
     model_validator,
 )
 
-# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
 from pipeline.config.base import (
     EDGES,
     STAGES,
@@ -22,10 +21,10 @@ from pipeline.config.base import (
     EnvPath,
     ExistingFile,
     StageName,
+    StrictModel,
     _check_files,
     _expand,
     _resolve_path,
-    _Strict,
 )
 
 _ENDPOINT = re.compile(r"^(?:(?P<mode>bind|connect):)?(?P<scheme>ipc|tcp)://(?P<addr>.+)$")
@@ -68,7 +67,7 @@ def _existing_dir(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-class CurveConfig(_Strict):
+class CurveConfig(StrictModel):
     """ZeroMQ CURVE keys for tcp edges (encrypted; only authorized clients get through).
 
     The side that binds is the CURVE server and needs server_secret_key_file and
@@ -99,7 +98,7 @@ class CurveConfig(_Strict):
     )
 
 
-class EdgeConfig(_Strict):
+class EdgeConfig(StrictModel):
     """One ZeroMQ edge between two stages."""
 
     endpoint: Annotated[str, BeforeValidator(_expand), AfterValidator(_endpoint)] = Field(
@@ -122,7 +121,7 @@ class EdgeConfig(_Strict):
     )
 
 
-class EdgesConfig(_Strict):
+class EdgesConfig(StrictModel):
     """The four edges of the pipeline, named by what travels on them."""
 
     frames: EdgeConfig = Field(default_factory=EdgeConfig, description="decode -> preprocess.")
@@ -138,7 +137,7 @@ class EdgesConfig(_Strict):
     )
 
 
-class TransportConfig(_Strict):
+class TransportConfig(StrictModel):
     """How stages talk and which of them this process tree runs."""
 
     stages: list[StageName] = Field(
@@ -230,7 +229,7 @@ entry). The Prometheus list of exporter ports is full from 9100 to 9999, so some
 exporter may have claimed it there: ``--metrics-port`` / ``metrics.port`` move it."""
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(StrictModel):
     """The HTTP endpoint serving /metrics, /healthz and /readyz."""
 
     host: str = Field(
@@ -245,7 +244,7 @@ class MetricsConfig(_Strict):
     )
 
 
-class LoggingConfig(_Strict):
+class LoggingConfig(StrictModel):
     """Log lines on stderr."""
 
     level: Annotated[

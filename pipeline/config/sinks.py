@@ -12,15 +12,14 @@ from pydantic import (
     model_validator,
 )
 
-# The names of stages.detect.nn.ARCHS, spelled out so that validating a config does not import
 from pipeline.config.base import (
     ConfigProblems,
     EnvPath,
     EnvStr,
     ExistingFile,
+    StrictModel,
     _env_var_set,
     _expand,
-    _Strict,
 )
 
 
@@ -39,7 +38,7 @@ def _camera_template(value: str | None) -> str | None:
 CameraTemplate = Annotated[str, BeforeValidator(_expand), AfterValidator(_camera_template)]
 
 
-class RedisSection(_Strict):
+class RedisSection(StrictModel):
     """Redis Streams sink (`stages.sinks.redis.RedisSinkConfig`)."""
 
     url: Annotated[str, BeforeValidator(_expand), AfterValidator(_redis_url)] = Field(
@@ -159,7 +158,7 @@ class RedisSection(_Strict):
         return self
 
 
-class JsonlSection(_Strict):
+class JsonlSection(StrictModel):
     """JSON lines files (`stages.sinks.jsonl.JsonlSinkConfig`), one message per line."""
 
     path: EnvPath = Field(
@@ -176,7 +175,7 @@ class JsonlSection(_Strict):
     fsync_on_close: bool = Field(default=True, description="Make the data durable before exit.")
 
 
-class VideoSection(_Strict):
+class VideoSection(StrictModel):
     """Annotated video files, one per camera (for inspection, not production)."""
 
     dir: EnvPath = Field(..., description="Output folder, relative to this file.")
@@ -192,7 +191,7 @@ class VideoSection(_Strict):
     )
 
 
-class SinksConfig(_Strict):
+class SinksConfig(StrictModel):
     """Where results go; any combination, at least one when the sink stage runs here."""
 
     redis: RedisSection | None = Field(default=None, description="Redis Streams sink; null: off.")

@@ -23,7 +23,6 @@ model's tracker section in configs/demo.yaml was chosen this way (commands there
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import json
 import tempfile
@@ -131,7 +130,7 @@ def _value(text: str) -> Any:
 
 
 def _settings(pairs: Sequence[str], what: str) -> dict[str, list[Any]]:
-    fields = {f.name for f in dataclasses.fields(TrackerConfig)}
+    fields = set(TrackerConfig.model_fields)
     out: dict[str, list[Any]] = {}
     for pair in pairs:
         key, sep, values = pair.partition("=")
@@ -175,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
 
     fixed = {k: v[0] for k, v in _settings(args.set, "--set").items()}
     grid = _settings(args.grid, "--grid")
-    base = dataclasses.replace(TrackerConfig(), **fixed)
+    base = TrackerConfig(**fixed)
     for combo in itertools.product(*grid.values()):
         changes = dict(zip(grid, combo, strict=True))
-        s = track_and_score(args.dets_dir, args.mot_dir, dataclasses.replace(base, **changes),
-                            fps=args.fps)  # fmt: skip
+        config = TrackerConfig(**{**base.model_dump(), **changes})
+        s = track_and_score(args.dets_dir, args.mot_dir, config, fps=args.fps)
         label = " ".join(f"{k}={v}" for k, v in {**fixed, **changes}.items()) or "defaults"
         print(
             f"{label:<64} MOTA {s.mota:.3f} IDF1 {s.idf1:.3f} HOTA {s.hota:.3f} "

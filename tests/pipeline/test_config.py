@@ -306,7 +306,7 @@ def test_conversions_to_stage_configs() -> None:
     # the tracker section carries exactly TrackerConfig's fields plus the stage's two
     stage_only = {"default_frame_rate_hz", "state_dir"}
     assert set(TrackerSection.model_fields) - stage_only == set(TrackerConfig.field_names())
-    assert TrackerSection().model_dump(exclude=stage_only) == TrackerConfig().__dict__
+    assert TrackerSection().model_dump(exclude=stage_only) == TrackerConfig().model_dump()
 
 
 def test_arch_names_match_the_network_registry() -> None:

@@ -17,8 +17,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 PIPELINE = REPO / "pipeline"
 
-# The one module that builds stages from the config, and the `edgestream` command.
-MAY_IMPORT_STAGES = frozenset({"procs", "cli"})
+# The wiring: the module that builds stages from the config and the config's composition
+# (which takes each stage's own config model); and the commands.
+MAY_IMPORT_STAGES = frozenset(
+    {"procs", "config.pipeline", "config.loading", "cli", "run", "config_cli"}
+)
 MODULES = sorted(
     [p.stem for p in PIPELINE.glob("*.py") if p.stem != "__init__"]
     + ["config"]  # a package: its __init__ and each of its modules
@@ -103,3 +106,22 @@ def test_procs_imports_stages_inside_functions_only() -> None:
     top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     names = [n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in top]
     assert not [n for n in names if n and (n == "stages" or n.startswith("stages."))]
+
+
+COMPOSITION = ("config/pipeline.py", "config/loading.py")
+
+
+def test_the_config_composition_imports_only_the_stages_config_models() -> None:
+    """The composed config takes each stage's own model and nothing else from stages/."""
+    found = [hit for rel in COMPOSITION for hit in _stage_imports(PIPELINE / rel)]
+    assert found, "the composition should take the stages' config models"
+    wrong = [hit for hit in found if not hit.rsplit(": ", 1)[1].endswith(".config")]
+    assert not wrong, "only stages.<stage>.config modules:\n" + "\n".join(wrong)
+
+
+def test_stage_config_models_import_no_stage_code() -> None:
+    """A stage's config module is schema only: the config never pulls in stage code."""
+    configs = sorted((REPO / "stages").glob("*/config.py"))
+    assert configs
+    found = [hit for path in configs for hit in _stage_imports(path)]
+    assert not found, "\n".join(found)
