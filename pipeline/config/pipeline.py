@@ -28,6 +28,7 @@ from pipeline.config.cameras import CameraDefaults, CameraEntry, CameraSettings
 from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig
 from pipeline.config.runtime import LoggingConfig, MetricsConfig, TransportConfig
 from pipeline.config.sinks import SinksConfig
+from pipeline.control import ControlConfig
 from pipeline.redact import REDACTED, redact_text, redact_url
 from stages.track.config import TrackerSection
 
@@ -66,6 +67,9 @@ class PipelineConfig(StrictModel):
     )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Metrics/health.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
+    control: ControlConfig = Field(
+        default_factory=ControlConfig, description="Live camera changes (the API token)."
+    )
 
     _secrets: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
