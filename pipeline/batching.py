@@ -13,7 +13,10 @@ dropped; they wait in arrival order (the runner's blocking sends bound how many 
 
 **When a batch leaves**: when ``max_batch`` items wait, or ``max_wait_ms`` after the oldest
 waiting slot was filled, whichever comes first (a replaced frame hands its slot's waiting time
-to its replacement, so a fast camera cannot postpone the deadline forever).
+to its replacement, so a fast camera cannot postpone the deadline forever). It also leaves at
+once when it cannot grow: every camera seen so far has all its slots filled with live frames
+(and no offline item waits), so a newer frame could only replace a waiting one — at one camera
+a frame never waits ``max_wait_ms`` for company that cannot come.
 
 **What it holds**: one item of every camera with one waiting, cameras served longest ago first
 (round-robin: with more cameras than ``max_batch``, the ones left out go first next time); then,
@@ -106,7 +109,8 @@ class BatchPolicy(Generic[T]):
         heads = [q[0].arrival_s for q in self._queues.values() if q]
         if not heads:
             return None
-        return min(heads) + (0.0 if self._count >= self.max_batch else self.max_wait_s)
+        full = self._count >= self.max_batch or self._cannot_grow()
+        return min(heads) + (0.0 if full else self.max_wait_s)
 
     def ready(self, now_s: float) -> bool:
         d = self.deadline()
@@ -150,6 +154,17 @@ class BatchPolicy(Generic[T]):
         self._served.pop(camera_id, None)
 
     # ------------------------------------------------------------------------------ internals
+    def _cannot_grow(self) -> bool:
+        """Every camera seen (waiting now, or served and not forgotten) has ``slots`` live
+        frames waiting and nothing offline waits: no arrival can add to the batch."""
+        if self.max_wait_s == 0.0:
+            return False  # due at once anyway
+        for cam in self._served.keys() | self._queues.keys():
+            q = self._queues.get(cam)
+            if q is None or len(q) < self.slots or not all(w.droppable for w in q):
+                return False
+        return True
+
     def _remove_oldest_droppable(self, q: deque[Waiting[T]]) -> T:
         i = next(i for i, w in enumerate(q) if w.droppable)
         old = q[i]

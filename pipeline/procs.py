@@ -356,12 +356,24 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
             b.max_frame_age_ms,
             _realtime(cfg),
             appearance=cfg.tracker.appearance_weight > 0,  # only if the tracker uses them
+            calibration=_calibration(cfg),
         ),
         on_batch=reporter.batch,
         on_ready=flags.model_ready.set,
     )
     reporter.source(lambda: {"ready": stage.backend is not None})
     _run(stage, "detect", edges["items"], edges["detections"], cfg, stop, reporter)
+
+
+def _calibration(cfg: PipelineConfig) -> Any:
+    """What keys detect's batch calibration (None with ``batching.calibrate: false``)."""
+    from stages.detect.batch_calibration import CalibrationSpec
+
+    m = cfg.model
+    if not cfg.batching.calibrate:
+        return None
+    weights = None if m.weights is None else Path(m.weights)
+    return CalibrationSpec(weights, resolve_device(m.device), m.threads, m.arch)
 
 
 def cpu_onnx_config(cfg: PipelineConfig) -> tuple[PipelineConfig, str]:

@@ -28,6 +28,7 @@ from pipeline.batching import BatchPolicy
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, ItemMsg, Message
 from pipeline.runner import FatalStageError
 from stages.detect.appearance import describe
+from stages.detect.batch_calibration import BatchPlan, CalibrationKey, CalibrationSpec, calibrate
 from stages.detect.gather import CudaGatherer, Gathered, HostGatherer
 from stages.detect.types import Backend, Detections
 
@@ -47,6 +48,9 @@ class DetectStageConfig:
     realtime_cameras: the live cameras (newest frame wins); the others are never dropped.
     appearance: compute each detection's appearance descriptor for the tracker
         (`stages.detect.appearance`, from the letterboxed image the model saw, on its device).
+    calibration: measure at set-up what each batch size buys on the loaded model (cached) and
+        batch only as far as it raises throughput, ``max_batch`` being the upper bound
+        (`stages.detect.batch_calibration`); None: batch up to ``max_batch`` as given.
     """
 
     max_batch: int = 8
@@ -55,6 +59,7 @@ class DetectStageConfig:
     max_frame_age_ms: float | None = 1000.0
     realtime_cameras: Container[str] = field(default_factory=frozenset)
     appearance: bool = False
+    calibration: CalibrationSpec | None = None
 
 
 def _torch_cuda_device(backend: Backend) -> Any | None:
@@ -95,6 +100,7 @@ class DetectStage:
             config.max_batch, config.max_wait_ms, config.slots_per_camera, config.max_frame_age_ms
         )
         self.backend: Backend | None = None
+        self.plan: BatchPlan | None = None  # what calibration chose (None: as configured)
         self._gather: HostGatherer | CudaGatherer | None = None
         self.batches = 0
         self.frames = 0
@@ -115,6 +121,9 @@ class DetectStage:
             self._gather = HostGatherer(self.config.max_batch, hw)
         if self.on_ready is not None:
             self._warm_up()
+        if self.config.calibration is not None:
+            self._calibrate(self.config.calibration)
+        if self.on_ready is not None:
             self.on_ready()
 
     def _warm_up(self) -> None:
@@ -126,6 +135,23 @@ class DetectStage:
         log.info(
             "detect: model ready (warm-up inference %.0f ms)", 1e3 * (time.perf_counter() - t0)
         )
+
+    def _calibrate(self, spec: CalibrationSpec) -> None:
+        """Measure (or read from the cache) ms per image by batch size and batch only as far
+        as it pays; the policy is rebuilt before any frame arrived."""
+        assert self.backend is not None
+        key = CalibrationKey.for_model(spec.weights, self.backend.name, spec.device,
+                                       self.input_hw, spec.threads, self.config.max_batch,
+                                       spec.arch)  # fmt: skip
+        t0 = time.perf_counter()
+        plan = calibrate(self.backend.infer, key, self.config.max_wait_ms, spec.cache_dir,
+                         spec.gain, spec.clock)  # fmt: skip
+        self.plan = plan
+        self.policy = BatchPolicy(plan.max_batch, plan.max_wait_ms, self.config.slots_per_camera,
+                                  self.config.max_frame_age_ms)  # fmt: skip
+        log.info("detect: %s (%.1f s; batching.calibrate: false batches up to max_batch %d as "
+                 "configured)", plan.describe(), time.perf_counter() - t0,
+                 self.config.max_batch)  # fmt: skip
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -148,7 +174,7 @@ class DetectStage:
             realtime = msg.camera_id in self.config.realtime_cameras
             old = self.policy.add(msg.camera_id, msg, time.monotonic(), msg.capture_ts, realtime)
             out: list[Message] = [self._drop(i, "superseded") for i in old]
-            if not realtime and len(self.policy) >= self.config.max_batch:
+            if not realtime and len(self.policy) >= self.policy.max_batch:
                 out += self._run_due()  # offline backlog: a full batch runs now (bounded memory)
             return out
         if isinstance(msg, EndMsg):  # what waits (this camera's last frames among it) runs first

@@ -82,6 +82,31 @@ def test_a_full_batch_is_due_at_once() -> None:
     assert p.deadline() == pytest.approx(5.0) and p.ready(5.1)
 
 
+def test_a_batch_that_cannot_grow_leaves_at_once() -> None:
+    """Every camera seen has its one slot filled with a live frame: waiting max_wait_ms cannot
+    add a frame (a newer one would only replace a waiting one), so the batch is due now. A
+    camera seen before but not waiting, or an offline item, can still add: it waits."""
+    p: BatchPolicy[str] = BatchPolicy(max_batch=8, max_wait_ms=1000)
+    p.add("a", "a0", now_s=5.0, capture_ts=1.0, droppable=True)
+    assert p.deadline() == pytest.approx(5.0)  # the only camera seen: due at once
+    assert p.take(5.0, 1.0).batch == ["a0"]
+    p.add("b", "b0", now_s=6.0, capture_ts=1.0, droppable=True)
+    assert p.deadline() == pytest.approx(7.0)  # a was seen and may send one more
+    p.add("a", "a1", now_s=6.5, capture_ts=1.0, droppable=True)
+    assert p.deadline() == pytest.approx(6.0)  # a and b both waiting: due now
+    assert sorted(p.take(6.0, 1.0).batch) == ["a1", "b0"]
+    p.forget("b")
+    p.add("a", "a2", now_s=8.0, capture_ts=1.0, droppable=True)
+    assert p.deadline() == pytest.approx(8.0)  # b is gone: a alone again
+    p.add("f", "f0", now_s=8.1, capture_ts=1.0, droppable=False)
+    assert p.deadline() == pytest.approx(9.0)  # an offline camera can add more: wait
+    two: BatchPolicy[str] = BatchPolicy(max_batch=8, max_wait_ms=1000, slots_per_camera=2)
+    two.add("a", "x", now_s=1.0, capture_ts=1.0, droppable=True)
+    assert two.deadline() == pytest.approx(2.0)  # a second slot is free
+    two.add("a", "y", now_s=1.1, capture_ts=1.0, droppable=True)
+    assert two.deadline() == pytest.approx(1.0)
+
+
 def test_force_and_drain() -> None:
     p: BatchPolicy[int] = BatchPolicy(max_batch=2, max_wait_ms=1000)
     for i in range(3):
