@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from pipeline import config_cli
+from pipeline import cameras_cli, config_cli
 from pipeline import curve as curve_cli
 from pipeline import models_registry as models_cli
 from pipeline import run as run_cli
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_cli.add_parsers(sub)
     run_cli.add_parsers(sub)
+    cameras_cli.add_parsers(sub)
     shard_cli.add_parsers(sub)
     detect_cli.add_parsers(sub)
     models_cli.add_parsers(sub)

@@ -38,6 +38,9 @@ log = logging.getLogger("edgestream.health")
 
 Liveness = Callable[[], Mapping[str, bool | str]]
 Readiness = Callable[[], Iterable[str]]
+# (method, path, headers, body) -> (status, JSON body), or None: not its path (404)
+Api = Callable[[str, str, Mapping[str, str], bytes], "tuple[int, dict[str, Any]] | None"]
+MAX_BODY_BYTES = 64 * 1024
 RegistrySource = CollectorRegistry | Callable[[], CollectorRegistry] | None
 
 
@@ -92,12 +95,14 @@ class HealthServer:
         liveness: Liveness = dict,
         readiness: Readiness = tuple,
         registry: RegistrySource = None,
+        api: Api | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
         self.liveness = liveness
         self.readiness = readiness
         self._registry = registry
+        self.api = api  # /cameras, /reload (pipeline.cameras_api)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -143,8 +148,41 @@ class HealthServer:
                     self._json(*check_readiness(server.readiness))
                 elif path == "/":
                     self._send(200, b"edgestream: /metrics /healthz /readyz\n", "text/plain")
-                else:
+                elif not self._api("GET", path):
                     self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
+
+            def do_POST(self) -> None:
+                self._write("POST")
+
+            def do_PATCH(self) -> None:
+                self._write("PATCH")
+
+            def do_DELETE(self) -> None:
+                self._write("DELETE")
+
+            def _write(self, method: str) -> None:
+                path = self.path.split("?", 1)[0].rstrip("/") or "/"
+                if not self._api(method, path):
+                    self._json(404, {"error": f"not found: {method} {path}"})
+
+            def _api(self, method: str, path: str) -> bool:
+                """Hand the request to the injected api; False when it is not its path."""
+                if server.api is None:
+                    return False
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    self._json(413, {"error": f"body over {MAX_BODY_BYTES} bytes"})
+                    return True
+                body = self.rfile.read(length) if length > 0 else b""
+                try:
+                    answer = server.api(method, path, dict(self.headers.items()), body)
+                except Exception as exc:  # never the text: it may quote a URL or a token
+                    log.exception("%s %s failed", method, path)
+                    answer = (500, {"error": f"internal error: {type(exc).__name__}"})
+                if answer is None:
+                    return False
+                self._json(*answer)
+                return True
 
             def _json(self, status: int, body: dict[str, Any]) -> None:
                 self._send(status, (json.dumps(body) + "\n").encode(), "application/json")
@@ -204,10 +242,11 @@ def start_health_server(
     liveness: Liveness,
     readiness: Readiness,
     registry: RegistrySource = None,
+    api: Api | None = None,
 ) -> HealthServer | None:
     """Start a `HealthServer` for ``metrics.host``/``metrics.port``; None when port is 0."""
     if port == 0:
         return None
     return HealthServer(
-        host, port, liveness=liveness, readiness=readiness, registry=registry
+        host, port, liveness=liveness, readiness=readiness, registry=registry, api=api
     ).start()

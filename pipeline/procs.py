@@ -68,6 +68,7 @@ class ChildSpec:
     parent_pid: int
     incarnation: int = 0  # 0 for the first start, then the restart count
     model: Any = None  # the weights' ModelInfo, described once by the supervisor
+    control: Any = None  # decode, track: a queue of live camera changes (pipeline.cameras_api)
 
     @property
     def key(self) -> str:
@@ -259,6 +260,7 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     _report_auth(reporter, edge)
     feeder = DecodeFeeder(cameras, sender, on_state=reporter.camera_state)
     reporter.source(lambda: {"decode": feeder.counters})
+    control = _decode_control(spec, cfg, feeder, reporter)
     if cfg.runs("detect") and not flags.model_ready.is_set():
         log.info("decode: cameras open once the model is loaded")
         while not flags.model_ready.wait(0.2):
@@ -270,11 +272,64 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     feeder.start()
     try:
         while not stop.wait(0.2):
+            control.poll()
             reporter.maybe_send()
     finally:
         feeder.stop()
         sender.close()
         pool.close()
+
+
+def _decode_control(spec: ChildSpec, cfg: PipelineConfig, feeder: Any, reporter: Reporter
+                    ) -> Any:  # fmt: skip
+    """Live camera changes for decode: each config from the supervisor's queue becomes the
+    camera list the feeder runs (`stages.decode.control.CameraControl`)."""
+    from stages.decode.control import CameraControl
+
+    def cameras_of(new: PipelineConfig) -> list[tuple[str, CameraConfig]]:
+        return [(c.id, camera_config(c, new)) for c in new.effective_cameras()]
+
+    control = CameraControl(feeder, spec.control, cameras_of, on_applied=_force_send(reporter))
+    reporter.source(control.report)
+    return control
+
+
+def _force_send(reporter: Reporter) -> Callable[[], None]:
+    return lambda: reporter.maybe_send(force=True)
+
+
+def _track_control(spec: ChildSpec, stage: Any, names: list[str], stop: Any,
+                   reporter: Reporter) -> None:  # fmt: skip
+    """Live camera changes for track, from a thread: the class filters, live cameras and
+    frame rates of the new config replace the stage's (each is swapped whole, read per
+    message); a removed camera's tracker is dropped in-band, at its end marker."""
+    import dataclasses
+
+    from pipeline.control import read_control
+
+    generation = -1
+    reporter.source(lambda: {"control_generation": generation})
+
+    def loop() -> None:
+        nonlocal generation
+        while not stop.wait(0.1):
+            got = read_control(spec.control)
+            if got is None:
+                continue
+            gen, new = got
+            if new is not None:
+                stage.config = dataclasses.replace(
+                    stage.config,
+                    classes=class_filter_of(new, names),
+                    realtime_cameras=_realtime(new),
+                )
+                stage.tracker.config = track_stage_config(new)
+                log.info("track: cameras now %s (generation %d)", ", ".join(new.camera_ids), gen)
+            generation = gen
+            reporter.maybe_send(force=True)
+
+    if spec.control is not None:
+        threading.Thread(target=loop, name="track-control", daemon=True).start()
 
 
 def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
@@ -488,6 +543,7 @@ def run_track(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
             reorder_timeout_ms=max(100.0, 2 * (cfg.batching.max_frame_age_ms or 250.0)),
         )
     )
+    _track_control(spec, stage, names, stop, reporter)
     _run(stage, "track", edges["detections"], edges["tracked"], cfg, stop, reporter)
 
 

@@ -157,10 +157,17 @@ def sinks_line(cfg: PipelineConfig) -> str:
     return ", ".join(parts) or "none here (the sink stage runs on another host)"
 
 
-def run_pipeline(cfg: PipelineConfig, default_sink: bool = False) -> int:
+def run_pipeline(
+    cfg: PipelineConfig,
+    default_sink: bool = False,
+    config_path: Path | None = None,
+    shard: Any = None,
+) -> int:
     """Run until SIGTERM/SIGINT (0), the end of an offline run (0), or a fatal error (2);
     3 when results of offline cameras were not written. ``default_sink``: the results go to
-    the default JSONL files because no sink was asked for (said so in the log)."""
+    the default JSONL files because no sink was asked for (said so in the log).
+    ``config_path``/``shard``: what SIGHUP and POST /reload re-read and re-apply
+    (`pipeline.cameras_api`)."""
     setup_from_config(cfg, "supervisor")
     cfg, note = cpu_onnx_config(cfg)  # a checkpoint on the CPU: its cached ONNX export
     if note:
@@ -170,6 +177,7 @@ def run_pipeline(cfg: PipelineConfig, default_sink: bool = False) -> int:
         where = " (the default: no --redis or --jsonl given)" if default_sink else ""
         log.info("results: %s%s", sinks_line(cfg), where)
     sup = Supervisor(cfg, log_level=cfg.logging.level, model=model)
+    sup.config_path, sup.shard = config_path, shard
     sup.on_poll.append(SummaryLogger(cfg.logging.summary_interval_s))
     notifier = SystemdNotifier.from_env()  # under systemd Type=notify: READY=1, WATCHDOG=1
     if notifier is not None:
@@ -333,7 +341,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                  len(cfg.cameras), ", ".join(mine.camera_ids))  # fmt: skip
         cfg = mine
     default_sink = args.config is None and args.redis is None and args.jsonl is None
-    return run_pipeline(cfg, default_sink=default_sink)
+    return run_pipeline(cfg, default_sink=default_sink, config_path=args.config, shard=shard)
 
 
 def main(argv: list[str] | None = None) -> int:

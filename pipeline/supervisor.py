@@ -70,6 +70,7 @@ class _Child:
     restart_at: float | None = None
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
+    control_q: Any = None  # decode, track: live camera changes (a fresh queue per incarnation)
 
 
 class Supervisor:
@@ -109,6 +110,14 @@ class Supervisor:
         self.metrics_dir: Path | None = None
         self.health: Any = None
         self.metrics: Any = None
+        # live camera changes (pipeline.cameras_api): the config file to re-read on SIGHUP,
+        # this replica's shard, and the config the stages started with
+        self.config_path: Path | None = None
+        self.shard: Any = None
+        self.start_cfg = cfg
+        self.control_generation = 0
+        self.cameras_api: Any = None
+        self._control_lock = threading.Lock()
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
@@ -156,10 +165,14 @@ class Supervisor:
         folder = parent / f"{NAME_PREFIX}{self.cfg.name}-{os.getpid()}-metrics"
         self.metrics_dir = metrics.setup_multiprocess(folder)
         self.metrics = metrics.process_metrics()
+        from pipeline.cameras_api import CameraManager
+
+        self.cameras_api = CameraManager(self)
         m = self.cfg.metrics
         self.health = start_health_server(
-            m.host, m.port, liveness=self.liveness, readiness=self.readiness
-        )
+            m.host, m.port, liveness=self.liveness, readiness=self.readiness,
+            api=self.cameras_api.handle,
+        )  # fmt: skip
 
     def liveness(self) -> dict[str, bool | str]:
         """/healthz: every stage process alive (a restarting one reports why it is down)."""
@@ -195,11 +208,13 @@ class Supervisor:
             _close_queue(child.stats_q)
         child.stop = SharedFlag(self._mp)
         child.stats_q = self._mp.Queue(maxsize=100)
+        with self._control_lock:  # it starts with the newest cameras, or is told of them
+            cfg, control = self.cfg, self._control_queue(child)
         proc = self._mp.Process(
             target=child_main,
             args=(
-                dataclasses.replace(child.spec, incarnation=child.restarts),
-                self.cfg,
+                dataclasses.replace(child.spec, incarnation=child.restarts, control=control),
+                cfg,
                 self.edges,
                 child.stop,
                 self.flags,
@@ -213,6 +228,67 @@ class Supervisor:
         child.proc = proc
         child.started_at = time.monotonic()
         child.restart_at = None
+
+    # ------------------------------------------------------------------ live camera changes
+    def _control_queue(self, child: _Child) -> Any:
+        if child.spec.role not in ("decode", "track"):
+            return None
+        if child.control_q is not None:
+            _close_queue(child.control_q)
+        child.control_q = self._mp.Queue(maxsize=8)
+        child.control_q.put((self.control_generation, None))  # what it starts with
+        return child.control_q
+
+    def apply_cameras(self, new: PipelineConfig, ack_timeout_s: float = 5.0) -> bool:
+        """Run ``new`` (a config that differs in its cameras only): tell the track stage
+        (class filters, frame rates), wait for it, then decode (opens, closes, reopens).
+        Children restarted meanwhile start with ``new``. True when decode confirmed."""
+        with self._control_lock:
+            self.cfg = new
+            self.control_generation += 1
+            gen = self.control_generation
+        confirmed = True
+        for role in ("track", "decode"):
+            child = self.children.get(role)
+            if child is None:
+                continue
+            with self._control_lock:
+                q = child.control_q
+                try:
+                    q.put((gen, new), timeout=1.0)
+                except Exception:  # full or closed: a restart brings the new config anyway
+                    log.warning("%s did not take the camera change (generation %d)", role, gen)
+            deadline = time.monotonic() + ack_timeout_s
+            while self._generation_of(role) < gen and time.monotonic() < deadline:
+                time.sleep(0.05)
+            confirmed = self._generation_of(role) >= gen
+        return confirmed
+
+    def _generation_of(self, role: str) -> int:
+        proc = self.board.procs.get(role)
+        return int(proc.snap.get("control_generation", -1)) if proc is not None else -1
+
+    def decode_cameras(self) -> dict[str, dict[str, Any]]:
+        """Per camera, what decode reports: state, last_error, reconnects."""
+        proc = self.board.procs.get("decode")
+        return dict(proc.snap.get("decode_cameras") or {}) if proc is not None else {}
+
+    def request_reload(self, why: str = "SIGHUP") -> None:
+        """Re-read the config file in a thread (the poll loop keeps running)."""
+        from pipeline.cameras_api import ChangeRefused
+
+        def reload() -> None:
+            try:
+                self.cameras_api.reload(why)
+            except ChangeRefused:
+                pass  # logged with its errors by the manager
+            except Exception:
+                log.exception("%s: reload failed; the running config is kept", why)
+
+        if self.cameras_api is None:
+            log.warning("%s: the pipeline is not started; nothing to reload", why)
+            return
+        threading.Thread(target=reload, name="reload", daemon=True).start()
 
     def poll(self) -> None:
         """Collect stats; restart children that died (with backoff); detect fatal exits."""
@@ -317,6 +393,9 @@ class Supervisor:
             if child.stats_q is not None:
                 _close_queue(child.stats_q)
                 child.stats_q = None
+            if child.control_q is not None:
+                _close_queue(child.control_q)
+                child.control_q = None
 
         if self.metrics_dir is not None:
             from pipeline.metrics import teardown_multiprocess
@@ -347,6 +426,9 @@ class Supervisor:
             stop_requested.set()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(  # systemctl reload, a ConfigMap update
+            signal.SIGHUP, lambda *_: self.request_reload("SIGHUP")
+        )
         try:
             if not self.started:
                 self.start()

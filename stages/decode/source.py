@@ -79,7 +79,12 @@ class CameraSource:
     """
 
     def __init__(
-        self, camera_id: str, config: CameraConfig, sink: FrameSink, rtcp_max_skew_s: float = 30.0
+        self,
+        camera_id: str,
+        config: CameraConfig,
+        sink: FrameSink,
+        rtcp_max_skew_s: float = 30.0,
+        first_frame_id: int = 0,
     ) -> None:
         self.camera_id = camera_id
         self.config = config
@@ -108,7 +113,7 @@ class CameraSource:
         self.reconnects = 0
         self.stalls = 0
         self.last_error: str | None = None
-        self._next_frame_id = 0
+        self._next_frame_id = first_frame_id  # a reopened camera continues its frame ids
         self._last_frame_mono: float | None = None
         self._in_sink = False
         self._media_offset_s = 0.0  # file loops: media time carried over from previous passes
@@ -141,6 +146,11 @@ class CameraSource:
 
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def next_frame_id(self) -> int:
+        """The frame id the next decoded frame gets (where a reopened camera continues)."""
+        return self._next_frame_id
 
     @property
     def state(self) -> CameraState:

@@ -109,6 +109,7 @@ class OrderedTrackStage:
         for cam, end in list(self._ends.items()):
             if self._reorderer(cam).finished(cam):
                 del self._ends[cam]
+                self.tracker.drop(cam)  # ended or removed: a re-added camera starts afresh
                 out.append(end)
         return out
 

@@ -67,6 +67,7 @@ class TrackStage:
     def __init__(self, config: TrackStageConfig | None = None) -> None:
         self.config = config or TrackStageConfig()
         self._trackers: dict[str, Tracker] = {}
+        self._ids: dict[str, IdAllocator] = {}  # kept when a tracker is dropped
 
     def setup(self) -> None:
         if self.config.state_dir is not None:
@@ -78,12 +79,18 @@ class TrackStage:
         if tracker is None:
             cfg = self.config
             fps = cfg.frame_rates_hz.get(camera_id, cfg.default_frame_rate_hz)
-            ids = IdAllocator(
+            ids = self._ids.get(camera_id) or IdAllocator(
                 None if cfg.state_dir is None else Path(cfg.state_dir) / _state_file(camera_id)
             )
+            self._ids[camera_id] = ids
             tracker = Tracker(cfg.tracker, frame_rate_hz=fps, ids=ids)
             self._trackers[camera_id] = tracker
         return tracker
+
+    def drop(self, camera_id: str) -> None:
+        """Forget the camera's tracks (it ended or was removed): its next frame starts a new
+        tracker, whose track ids continue after the old ones (never reused in its stream)."""
+        self._trackers.pop(camera_id, None)
 
     def process(self, msg: DetectionsMessage) -> TrackedFrame:
         out = self.tracker(msg.camera_id).update(
