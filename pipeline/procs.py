@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from pipeline.config import PipelineConfig
     from stages.decode.config import CameraConfig
     from stages.detect.types import NMSParams
-    from stages.sinks.jsonl import JsonlSinkConfig
+    from stages.sinks.config import JsonlSinkConfig
     from stages.sinks.redis.config import RedisSinkConfig
     from stages.track.config import TrackerConfig
     from stages.track.stage import TrackStageConfig
@@ -195,22 +195,12 @@ def camera_config(camera: CameraEntry | CameraSettings | str, cfg: PipelineConfi
 
 def redis_sink_config(cfg: PipelineConfig) -> RedisSinkConfig | None:
     """`stages.sinks.redis.RedisSinkConfig`, or None when the redis sink is off."""
-    from stages.sinks.redis.config import RedisSinkConfig
-
-    section = cfg.sinks.redis
-    if section is None:
-        return None
-    return RedisSinkConfig(**section.model_dump())
+    return cfg.sinks.redis  # the section is the sink's own model
 
 
 def jsonl_sink_config(cfg: PipelineConfig) -> JsonlSinkConfig | None:
     """`stages.sinks.jsonl.JsonlSinkConfig`, or None when the jsonl sink is off."""
-    from stages.sinks.jsonl import JsonlSinkConfig
-
-    section = cfg.sinks.jsonl
-    if section is None:
-        return None
-    return JsonlSinkConfig(**section.model_dump())
+    return cfg.sinks.jsonl  # the section is the sink's own model
 
 
 def tracker_config(cfg: PipelineConfig) -> TrackerConfig:
@@ -567,12 +557,10 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         )
     jsonl_cfg = jsonl_sink_config(cfg)
     if jsonl_cfg is not None:
-        import dataclasses
-
         from stages.sinks.jsonl import JsonlSink
 
         if spec.incarnation > 0:  # a restarted sink must not truncate what was written
-            jsonl_cfg = dataclasses.replace(jsonl_cfg, append=True)
+            jsonl_cfg = jsonl_cfg.model_copy(update={"append": True})
 
         sinks.append(JsonlSink(jsonl_cfg))
     if cfg.sinks.video is not None:

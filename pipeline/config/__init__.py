@@ -5,9 +5,10 @@ The package, one module per concern (each well under 400 lines):
 * `base`: errors, ``${VAR}`` substitution, paths, the strict base model, shared names;
 * `errors`: pydantic errors as ``key.path: message`` lines (did-you-mean hints);
 * `runtime`: transport (edges, CURVE), metrics, logging;
-* `cameras`, `detect`, `sinks`: stage sections not yet moved to their stage;
+* `cameras`, `detect`: stage sections not yet moved to their stage;
 * `pipeline`: `PipelineConfig`, every section together (the stages' own models, e.g.
-  `stages.track.config.TrackerSection`), cross-checks, secrets;
+  `stages.track.config.TrackerSection`, `stages.sinks.config.SinksConfig`), cross-checks,
+  secrets;
 * `loading`: `load_config`, `validate_config`, `quick_config`.
 
 `pipeline` and `loading` import the stages' config models; they are loaded on first use of
@@ -82,18 +83,18 @@ from pipeline.config.runtime import (
     TransportConfig,
     parse_endpoint,
 )
-from pipeline.config.sinks import (
-    CameraTemplate,
-    JsonlSection,
-    RedisSection,
-    SinksConfig,
-    VideoSection,
-    default_jsonl_path,
-)
 
 if TYPE_CHECKING:
-    from pipeline.config.loading import load_config, parse_yaml, quick_config, validate_config
+    from pipeline.config.loading import (
+        default_jsonl_path,
+        load_config,
+        parse_yaml,
+        quick_config,
+        validate_config,
+    )
     from pipeline.config.pipeline import PipelineConfig, TrackerSection
+    from stages.sinks.config import JsonlSinkConfig, SinksConfig, VideoSection
+    from stages.sinks.redis.config import RedisSinkConfig
 
 # The composed config imports the stages' config models: loaded on first use, so importing
 # `pipeline.config` (the runtime core does) loads no stage.
@@ -104,6 +105,11 @@ _COMPOSED = {
     "parse_yaml": "pipeline.config.loading",
     "quick_config": "pipeline.config.loading",
     "validate_config": "pipeline.config.loading",
+    "default_jsonl_path": "pipeline.config.loading",
+    "SinksConfig": "stages.sinks.config",
+    "JsonlSinkConfig": "stages.sinks.config",
+    "VideoSection": "stages.sinks.config",
+    "RedisSinkConfig": "stages.sinks.redis.config",
 }
 
 
@@ -127,7 +133,6 @@ __all__ = [
     "CameraDefaults",
     "CameraEntry",
     "CameraSettings",
-    "CameraTemplate",
     "ConfigError",
     "ConfigProblems",
     "CurveConfig",
@@ -137,13 +142,13 @@ __all__ = [
     "EnvPath",
     "EnvStr",
     "ExistingFile",
-    "JsonlSection",
+    "JsonlSinkConfig",
     "LoggingConfig",
     "MetricsConfig",
     "ModelConfig",
     "PipelineConfig",
     "PreprocessConfig",
-    "RedisSection",
+    "RedisSinkConfig",
     "SinksConfig",
     "StageName",
     "TrackerSection",

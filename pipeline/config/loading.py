@@ -16,7 +16,6 @@ from pipeline.config.base import ConfigError, read_secret_file
 from pipeline.config.errors import format_errors
 from pipeline.config.pipeline import PipelineConfig
 from pipeline.config.runtime import DEFAULT_METRICS_PORT
-from pipeline.config.sinks import default_jsonl_path
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -183,3 +182,8 @@ def quick_config(
         "metrics": {"port": metrics_port},
     }
     return validate_config(data, base_dir=Path.cwd(), source="command line")
+
+
+def default_jsonl_path(name: str) -> Path:
+    """Where `quick_config` writes results when neither Redis nor JSONL was asked for."""
+    return Path("runs") / name / "{camera}.jsonl"

@@ -27,9 +27,9 @@ from pipeline.config.base import (
 from pipeline.config.cameras import CameraDefaults, CameraEntry, CameraSettings
 from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig
 from pipeline.config.runtime import LoggingConfig, MetricsConfig, TransportConfig
-from pipeline.config.sinks import SinksConfig
 from pipeline.control import ControlConfig
 from pipeline.redact import REDACTED, redact_text, redact_url
+from stages.sinks.config import SinksConfig
 from stages.track.config import TrackerSection
 
 

@@ -11,28 +11,12 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from pipeline.payloads import DETECTIONS_TYPE, FrameResult
 from stages.sinks.codec import encode_frame
-
-
-@dataclass(frozen=True)
-class JsonlSinkConfig:
-    """path: output file; with ``{camera}`` in it, one file per camera (created on demand).
-    events: also write track lifecycle events.
-    append: add to existing files instead of replacing them.
-    flush_each_line: flush after every line (for ``tail -f``); off: buffered, flushed on close.
-    fsync_on_close: make the data durable before ``close()`` returns.
-    """
-
-    path: Path
-    events: bool = True
-    append: bool = False
-    flush_each_line: bool = False
-    fsync_on_close: bool = True
+from stages.sinks.config import JsonlSinkConfig
 
 
 class JsonlSink:

@@ -17,7 +17,7 @@ def _lines(path: Path) -> list[dict]:
 
 def test_writes_schema_valid_lines_in_order(tmp_path: Path, validators: dict) -> None:
     out = tmp_path / "run" / "results.jsonl"
-    sink = JsonlSink(JsonlSinkConfig(out))
+    sink = JsonlSink(JsonlSinkConfig(path=out))
     sink.setup()
     t0 = time.time() - 1
     for i in range(30):
@@ -36,7 +36,7 @@ def test_writes_schema_valid_lines_in_order(tmp_path: Path, validators: dict) ->
 
 
 def test_per_camera_files_append_and_no_events(tmp_path: Path) -> None:
-    cfg = JsonlSinkConfig(tmp_path / "{camera}.jsonl", events=False, append=True)
+    cfg = JsonlSinkConfig(path=tmp_path / "{camera}.jsonl", events=False, append=True)
     t0 = time.time()
     for run in range(2):
         sink = JsonlSink(cfg)

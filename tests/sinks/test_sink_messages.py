@@ -174,9 +174,12 @@ def test_entry_ids_follow_capture_time_and_clamp_regressions() -> None:
     assert ids.clamped == 1
 
 
-def test_config_validation() -> None:
+def test_config_validation(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not read here\n")
     with pytest.raises(ValueError, match="rediss://"):
-        RedisSinkConfig(url="redis://h", tls_ca_file=Path("ca.pem"))
+        RedisSinkConfig(url="redis://h", tls_ca_file=tmp_path / "ca.pem")
+    with pytest.raises(ValueError, match="file not found"):  # checked when the config is made
+        RedisSinkConfig(url="rediss://h", tls_ca_file=tmp_path / "missing.pem")
     with pytest.raises(ValueError, match="camera"):
         RedisSinkConfig(key_template="detections")
     with pytest.raises(ValueError, match="url"):

@@ -1,16 +1,45 @@
-"""Settings of the Redis sink (and of ``edgestream tail``, which shares the connection fields)."""
+"""Settings of the Redis sink (and of ``edgestream tail``, which shares the connection fields).
+
+`RedisSinkConfig` is also the ``sinks.redis`` section of the pipeline config, as it is: the one
+definition of every Redis setting (bounds and descriptions included). Schema only: it imports
+nothing from the stages, so loading a config does not load the sink.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
+
+from pipeline.config.base import (
+    ConfigProblems,
+    EnvStr,
+    ExistingFile,
+    StrictModel,
+    _env_var_set,
+    _expand,
+)
 
 DEFAULT_KEY_TEMPLATE = "edgestream:{camera}:detections"
 DEFAULT_EVENTS_KEY_TEMPLATE = "edgestream:{camera}:events"
 
 
-@dataclass(frozen=True)
-class RedisSinkConfig:
+def _redis_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+    return value
+
+
+def _camera_template(value: str | None) -> str | None:
+    if value is not None and "{camera}" not in value:
+        raise ValueError("must contain {camera}")
+    return value
+
+
+CameraTemplate = Annotated[str, BeforeValidator(_expand), AfterValidator(_camera_template)]
+
+
+class RedisSinkConfig(StrictModel):
     """Where and how the Redis sink writes. Every template takes ``{camera}``.
 
     Connection
@@ -66,67 +95,121 @@ class RedisSinkConfig:
         run exits non-zero. None: never give up (wait for Redis as long as it takes).
     """
 
-    url: str = "redis://localhost:6379/0"
-    username: str | None = None
-    password_env: str | None = None
-    password_file: Path | None = None
-    tls_ca_file: Path | None = None
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
-    tls_check_hostname: bool = True
-    connect_timeout_s: float = 2.0
-    socket_timeout_s: float = 2.0
+    url: Annotated[str, BeforeValidator(_expand), AfterValidator(_redis_url)] = Field(
+        default="redis://localhost:6379/0",
+        description="redis://host:port/db, rediss:// (TLS) or unix://path. A password here "
+        "should come from ${VAR}; better, use password_env or password_file.",
+    )
+    username: EnvStr | None = Field(
+        default=None, description="ACL user (Redis 6+); null: from the url."
+    )
+    password_env: Annotated[str, AfterValidator(_env_var_set)] | None = Field(
+        default=None,
+        description="Name of the environment variable holding the password (must be set).",
+    )
+    password_file: ExistingFile | None = Field(
+        default=None,
+        description="File holding the password (a mounted secret); wins over password_env.",
+    )
+    tls_ca_file: ExistingFile | None = Field(default=None, description="PEM CA for rediss://.")
+    tls_cert_file: ExistingFile | None = Field(default=None, description="PEM client certificate.")
+    tls_key_file: ExistingFile | None = Field(default=None, description="PEM client key.")
+    tls_check_hostname: bool = Field(
+        default=True, description="Verify the server certificate names the url's host."
+    )
+    connect_timeout_s: float = Field(
+        default=2.0, gt=0, le=600, description="Connect bound (s, 0 < t <= 600)."
+    )
+    socket_timeout_s: float = Field(
+        default=2.0, gt=0, le=600, description="Reply bound (s, 0 < t <= 600)."
+    )
+    key_template: CameraTemplate = Field(
+        default=DEFAULT_KEY_TEMPLATE, description="Detections stream key; has {camera}."
+    )
+    events_key_template: CameraTemplate | None = Field(
+        default=DEFAULT_EVENTS_KEY_TEMPLATE,
+        description="Track events stream key with {camera}; null: events are not published.",
+    )
+    maxlen: int = Field(
+        default=18_000,
+        ge=1,
+        le=100_000_000,
+        description="Approximate entries kept per detections stream (count, 1..1e8; 30 fps x "
+        "10 min = 18000).",
+    )
+    events_maxlen: int = Field(
+        default=10_000,
+        ge=1,
+        le=100_000_000,
+        description="Approximate entries per events stream (1..1e8).",
+    )
+    publish_channel: CameraTemplate | None = Field(
+        default=None,
+        description="Also PUBLISH each message on this channel (has {camera}); null: off.",
+    )
+    latest_hash: CameraTemplate | None = Field(
+        default=None,
+        description="Hash per camera keeping the newest message (has {camera}); null: off.",
+    )
+    flush_interval_ms: float = Field(
+        default=10.0,
+        gt=0,
+        le=10_000,
+        description="Longest a message waits before its flush (ms, 0..10000).",
+    )
+    max_batch_messages: int = Field(
+        default=500, ge=1, le=100_000, description="Messages per pipelined round trip (1..100000)."
+    )
+    max_buffer_messages: int = Field(
+        default=100_000,
+        ge=1,
+        le=100_000_000,
+        description="Outage buffer in messages (1..1e8); when full, the oldest result of a live "
+        "camera is dropped (counted) and realtime: false cameras wait for room.",
+    )
+    max_buffer_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024**3,
+        description="Outage buffer in bytes of JSON (1 KiB..64 GiB).",
+    )
+    reconnect_backoff_min_s: float = Field(
+        default=0.1, gt=0, le=3600, description="First reconnect wait (s, 0 < t <= 3600)."
+    )
+    reconnect_backoff_max_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Longest reconnect wait (s, 0 < t <= 3600)."
+    )
+    close_timeout_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=600,
+        description="How long shutdown keeps writing the buffer (s, 0..600).",
+    )
+    give_up_after_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=31_536_000,
+        description="realtime: false cameras lose nothing to a Redis outage: the sink holds the "
+        "pipeline and the run ends once every result is written. After an outage this long "
+        "(s) it stops holding them; what is then lost is counted and the run exits 3. "
+        "null: never give up.",
+    )
 
-    key_template: str = DEFAULT_KEY_TEMPLATE
-    events_key_template: str | None = DEFAULT_EVENTS_KEY_TEMPLATE
-    maxlen: int = 18_000
-    events_maxlen: int = 10_000
-    publish_channel: str | None = None
-    latest_hash: str | None = None
-
-    flush_interval_ms: float = 10.0
-    max_batch_messages: int = 500
-    max_buffer_messages: int = 100_000
-    max_buffer_bytes: int = 256 * 1024 * 1024
-    reconnect_backoff_min_s: float = 0.1
-    reconnect_backoff_max_s: float = 5.0
-    close_timeout_s: float = 5.0
-    give_up_after_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("url must start with redis://, rediss:// (TLS) or unix://")
-        for name in ("key_template", "events_key_template", "publish_channel", "latest_hash"):
-            value = getattr(self, name)
-            if value is not None and "{camera}" not in value:
-                raise ValueError(f"{name} must contain {{camera}}, got {value!r}")
+    @model_validator(mode="after")
+    def _consistent(self) -> RedisSinkConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         if self.events_key_template == self.key_template:
-            raise ValueError("events_key_template must differ from key_template")
-        positive = (
-            "maxlen",
-            "events_maxlen",
-            "flush_interval_ms",
-            "max_batch_messages",
-            "max_buffer_messages",
-            "max_buffer_bytes",
-            "reconnect_backoff_min_s",
-            "connect_timeout_s",
-            "socket_timeout_s",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            problems.append((("events_key_template",), "must differ from key_template"))
         if self.reconnect_backoff_max_s < self.reconnect_backoff_min_s:
-            raise ValueError("reconnect_backoff_max_s must be >= reconnect_backoff_min_s")
-        if self.close_timeout_s < 0:
-            raise ValueError("close_timeout_s must be >= 0")
-        if self.give_up_after_s is not None and self.give_up_after_s <= 0:
-            raise ValueError(f"give_up_after_s must be > 0 or None, got {self.give_up_after_s}")
-        tls_files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
-        if any(f is not None for f in tls_files) and not self.url.startswith("rediss://"):
-            raise ValueError("tls_* files are set but the url is not rediss://")
+            problems.append((("reconnect_backoff_max_s",), "must be >= reconnect_backoff_min_s"))
+        tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if any(f is not None for f in tls) and not self.url.startswith("rediss://"):
+            problems.append((("url",), "tls_* files are set but the url is not rediss://"))
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("tls_cert_file and tls_key_file go together")
+            problems.append((("tls_key_file",), "tls_cert_file and tls_key_file go together"))
+        if problems:
+            raise ConfigProblems(problems)
+        return self
 
     def stream_key(self, camera: str) -> str:
         return self.key_template.format(camera=camera)
