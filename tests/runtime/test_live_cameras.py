@@ -5,9 +5,10 @@ model, the Redis sink) serves every test of this module, in order:
 
 * writes without a token are 401, with a wrong one 403, and change nothing;
 * a camera config with a bad value and a typo is 422 naming both key paths; nothing changes;
-* a camera added over the API publishes to its Redis stream within 10 s; a camera removed over
-  the API stops publishing, and the camera left running has consecutive frame ids across both
-  changes (nothing dropped by them) and was never restarted (same decode process);
+* a camera added over the API publishes to its Redis stream within 10 s; a PATCH of its
+  detect_fps reopens it with its frame ids going on; a camera removed over the API stops
+  publishing; the camera left running has consecutive frame ids across all three changes
+  (nothing dropped by them) and no stage process was restarted;
 * SIGHUP after the file changed applies the difference the same way (one camera added, one
   removed, the untouched one keeps its frame ids consecutive) and reports the non-camera
   change as needing a restart; an invalid file is refused with its errors (log and POST
@@ -19,6 +20,7 @@ again gets new track ids.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -31,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from conftest import (
     PIPELINE_TIMEOUT_S,
     STARTUP_S,
@@ -132,7 +133,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, tiny_onnx:
     client = redis.Redis.from_url(server.url)
     lv = Live(tmp, cfg, proc, log, client, f"http://127.0.0.1:{port}", video)
     try:
-        wait_for(lambda: lv.length("live0") > 0 and lv.length("live1") > 0 or proc.poll() is not None,
+        both = ("live0", "live1")
+        wait_for(lambda: all(lv.length(c) for c in both) or proc.poll() is not None,
                  STARTUP_S, "both cameras publishing")  # fmt: skip
         assert proc.poll() is None, log.read_text()[-3000:]
         yield lv
@@ -150,7 +152,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, tiny_onnx:
 
 def _consecutive(ids: list[int]) -> list[tuple[int, int]]:
     """The gaps (previous id, next id) in a camera's frame ids."""
-    return [(a, b) for a, b in zip(ids, ids[1:], strict=False) if b != a + 1]
+    return [(a, b) for a, b in itertools.pairwise(ids) if b != a + 1]
 
 
 def test_writes_need_the_token_and_change_nothing_without_it(live: Live) -> None:
@@ -195,6 +197,17 @@ def test_add_and_remove_over_the_api_leave_the_other_camera_alone(live: Live) ->
     wait_for(lambda: live.length("added") > 0, APPEAR_S - (time.monotonic() - t0),
              "the added camera's first message in Redis")  # fmt: skip
 
+    # a new detect_fps: the camera reopens, its frame ids go on where they were
+    live.grows("added", 10)
+    before = live.frame_ids("added")
+    status, body = live.call("PATCH", "/cameras/added", {"detect_fps": 4})
+    assert status == 200 and body["changed"] == ["added"], body
+    wait_for(lambda: live.length("added") > len(before) + 16, 20, "frames after the PATCH")
+    after = live.frame_ids("added")[len(before) :]
+    assert min(after) > max(before) and after == sorted(after)
+    steps = [b - a for a, b in itertools.pairwise(after[-6:])]
+    assert min(steps) >= 2, steps  # 4 of the file's 12.5 frames/s
+
     status, body = live.call("DELETE", "/cameras/live0")
     assert status == 200 and body["removed"] == ["live0"], body
     live.stopped("live0")
@@ -233,7 +246,7 @@ def test_sighup_applies_the_changed_file_and_refuses_an_invalid_one(live: Live) 
     assert "need a restart and are not applied: batching.max_wait_ms" in text
     live.grows("live1", 10)
     ids = live.frame_ids("live1")[start:]
-    assert _consecutive(ids) == [], "live1 lost frames during the reload"
+    assert len(ids) > 10 and _consecutive(ids) == [], "live1 lost frames during the reload"
 
     # an invalid file: refused, its errors logged, the running cameras kept
     broken = json.loads(json.dumps(cfg))
