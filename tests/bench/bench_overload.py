@@ -130,7 +130,10 @@ def run_pipeline(model: Path, video: Path, cameras: int, detect_fps: float, seco
     for d in window:
         per_cam[d["camera"]] += 1
     cams = stats["cameras"]
-    decode_in = sum(c["sent"] + c["dropped"].get("decode/queue_full", 0) for c in cams.values())
+    decode_in = sum(  # what the cameras handed to decode's sender: sent, or dropped there
+        c["sent"] + sum(k for r, k in c["dropped"].items() if r.startswith("decode/"))
+        for c in cams.values()
+    )
     published = sum(c["published"] for c in cams.values())
     drops: dict[str, int] = {}
     for c in cams.values():
