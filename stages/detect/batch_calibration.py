@@ -8,11 +8,12 @@ waited for five others' inference before its own result came out.
 
 `calibrate` runs the backend on blank letterboxed images at batch 1, 2, 4, ... up to the
 configured ``max_batch`` (after the detect stage's warm-up, so nothing measured is a first
-call), takes the median ms per image of each size, and `choose_batch` picks the largest size
-that still pays: each step up must cut ms per image by at least ``gain`` (10 %) against the size
-chosen so far. With batch 1 chosen, frames never wait for company (``max_wait_ms`` 0).
+call), estimates the ms per image of each size (conservatively: see `_paired`), and
+`choose_batch` picks the largest size that still pays: each step up must cut ms per image by
+at least ``gain`` (10 %) against the size chosen so far. With batch 1 chosen, frames never
+wait for company (``max_wait_ms`` 0).
 
-Measuring stops early once two sizes in a row did not pay (on a CPU: 1, 2, 4, never 8).
+Measuring stops at the first size that did not pay (on a CPU: 1 and 2, never 4 or 8).
 The result is cached as a small JSON file in ``$XDG_CACHE_HOME/edgestream/batching/``
 (beside the ONNX export cache), keyed by what the figures depend on: the weights file (path,
 size, mtime), backend, device, input size, thread count, the sizes allowed and the host; any
@@ -156,31 +157,31 @@ class BatchPlan:
 
 
 def measure(infer: Callable[[np.ndarray], Any], input_hw: Sequence[int], sizes: Sequence[int],
-            gain: float = DEFAULT_GAIN, min_rounds: int = 5, max_rounds: int = 25,
+            gain: float = DEFAULT_GAIN, min_rounds: int = 3, max_rounds: int = 25,
             budget_s: float = 1.5, clock: Callable[[], float] = time.perf_counter,
             ) -> dict[int, float]:  # fmt: skip
     """ms per image of ``infer`` at each of ``sizes`` (ascending), on blank letterboxed images.
 
-    Each size gets two untimed calls first (a new shape: ONNX Runtime and cuDNN plan it), then
-    the sizes are timed in interleaved rounds (1, 2, 4, 1, 2, 4, ...; ``min_rounds`` to
+    Each size gets an untimed call first (a new shape: ONNX Runtime and cuDNN plan it), then
+    the sizes are timed in interleaved rounds (1, 2, 1, 2, ...; ``min_rounds`` to
     ``max_rounds``, as many as fit in ``budget_s``), so a burst of load from other processes
-    hits every size alike; each size's figure is the median of its calls, through its
-    per-round ratio to the smallest size (`_paired`).
-    It starts with the three smallest sizes and adds the next one only while one of the last
-    two measured still paid (see `choose_batch`): a CPU never runs the biggest batch."""
+    hits every size alike; each size's figure is the upper quartile of its per-round ratio
+    to the smallest size, times that size's median (`_paired`). It starts with the two
+    smallest sizes and adds the next one only while the largest so far paid (see
+    `choose_batch`) or came within half the gain of paying: on a CPU where batching buys
+    nothing only 1 and 2 run."""
     inputs: dict[int, np.ndarray] = {}
     times: dict[int, list[float]] = {}
 
     def add(b: int) -> None:
         x = np.full((b, 3, int(input_hw[0]), int(input_hw[1])), PAD_VALUE, np.uint8)
         infer(x)
-        infer(x)
         inputs[b] = x
         times[b] = []
 
-    for b in sizes[:3]:
+    for b in sizes[:2]:
         add(b)
-    rest = list(sizes[3:])
+    rest = list(sizes[2:])
     while True:
         t_end = clock() + budget_s
         rounds = 0
@@ -191,23 +192,28 @@ def measure(infer: Callable[[np.ndarray], Any], input_hw: Sequence[int], sizes: 
                 times[b].append(1e3 * (clock() - t0) / b)
             rounds += 1
         figures = _paired(times)
-        if not rest or choose_batch(figures, gain) not in sorted(figures)[-2:]:
+        chosen, last = choose_batch(figures, gain), max(figures)
+        promising = figures[last] <= (1.0 - gain / 2) * figures[chosen]
+        if not rest or (chosen != last and not promising):
             return figures
         add(rest.pop(0))
 
 
 def _paired(times: dict[int, list[float]]) -> dict[int, float]:
-    """Per size, the median ms per image, each size expressed through its per-round ratio to
-    the smallest size (times of one round were taken within moments of each other, so the
-    ratio cancels load that came and went between rounds)."""
+    """Per size, ms per image estimated conservatively: the smallest size's median, times the
+    upper quartile of the size's per-round ratio to the smallest size. Times of one round were
+    taken within moments of each other, so the ratio cancels load that came and went between
+    rounds, and the upper quartile needs a size to win in most rounds, not in a lucky few: on
+    a loaded CPU where batching buys nothing, noise alone does not make a batch look 10 %
+    cheaper."""
     first = min(times)
     base = statistics.median(times[first])
     out = {first: base}
     for b, ts in times.items():
         if b != first:
-            out[b] = base * statistics.median(
-                t / t0 for t, t0 in zip(ts, times[first], strict=True)
-            )
+            paired = times[first][-len(ts) :]  # a size added later ran in the last rounds
+            ratios = [t / t0 for t, t0 in zip(ts, paired, strict=True)]
+            out[b] = base * statistics.quantiles(ratios, n=4, method="inclusive")[2]
     return out
 
 

@@ -158,17 +158,25 @@ def postprocess(
     scores: torch.Tensor,
     params: NMSParams,
     class_agnostic: bool = False,
+    batched: bool | None = None,
 ) -> list[Detections]:
     """Detections per image from (B, N, 4) xyxy boxes and (B, N, C) sigmoid scores.
 
     Boxes stay in the coordinates they come in (model-input pixels); map them to the camera
     image with ``LetterboxMeta.to_source``. ``class_agnostic`` mirrors the reference's
     ``class_agnostic_nms`` (default False: boxes of different classes never suppress each other).
+    ``batched``: all images at once (`postprocess_batched`: a handful of host syncs per batch,
+    one copy back) or one image at a time; None: batched on a GPU, per image on the CPU (where
+    the numpy greedy NMS on each image's few candidates is faster than padded batch tensors).
     """
     if boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.ndim != 3:
         raise ValueError(f"expected (B, N, 4) and (B, N, C), got {boxes.shape}, {scores.shape}")
     if boxes.shape[:2] != scores.shape[:2]:
         raise ValueError(f"boxes {tuple(boxes.shape)} and scores {tuple(scores.shape)} disagree")
+    if batched is None:
+        batched = boxes.device.type != "cpu"
+    if batched:
+        return postprocess_batched(boxes, scores, params, class_agnostic)
     out: list[Detections] = []
     with torch.no_grad(), _one_thread_on_cpu(boxes.device):
         for b in range(boxes.shape[0]):
@@ -181,6 +189,140 @@ def postprocess(
                 )
             )
     return out
+
+
+def _candidates(
+    boxes: torch.Tensor, scores: torch.Tensor, params: NMSParams
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Threshold and top-k of every image at once, padded to the batch's largest candidate
+    count K (<= top_k): (B, K, 4) boxes, (B, K) scores, class ids, valid mask, and each
+    image's candidate count, ordered as `postprocess_one` then `batched_nms` order them (score
+    descending, equal scores in anchor-major order). None: no candidate in any image."""
+    bsz, n, c = scores.shape
+    if params.multi_label:
+        flat = scores.reshape(bsz, n * c)
+        passed = flat > params.conf
+    else:
+        flat, best_cls = torch.max(scores, dim=2)
+        passed = flat >= params.conf
+    counts = passed.sum(dim=1)
+    k = min(params.top_k, int(counts.max()) if counts.numel() else 0)  # one host sync
+    if k == 0:
+        return None
+    masked = torch.where(passed, flat, torch.full_like(flat, -torch.inf))
+    # the k best of each image; then their anchor-major order, then a stable sort by score:
+    # the order the per-image path gives (its candidates are listed anchor-major)
+    picked = torch.topk(masked, k, dim=1).indices.sort(dim=1).values
+    cand_scores = masked.gather(1, picked)
+    order = torch.sort(cand_scores, dim=1, descending=True, stable=True).indices
+    picked = picked.gather(1, order)
+    cand_scores = cand_scores.gather(1, order)
+    if params.multi_label:
+        anchor, cls = picked // c, picked % c
+    else:
+        anchor, cls = picked, best_cls.gather(1, picked)
+    cand_boxes = boxes.gather(1, anchor[..., None].expand(bsz, k, 4))
+    valid = cand_scores > -torch.inf
+    return cand_boxes, cand_scores, cls, valid, counts.clamp(max=params.top_k)
+
+
+def postprocess_batched(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    params: NMSParams,
+    class_agnostic: bool = False,
+) -> list[Detections]:
+    """`postprocess` of a whole batch in batch-wide tensor ops on the tensors' device.
+
+    Every image's candidates are padded to the batch's largest count (<= ``top_k``); one
+    batched class-aware NMS runs on all of them (each image keeps its own class offsets, or
+    its per-class path when it has more boxes than torchvision's offset path takes); the
+    survivors of all images are packed into one small tensor and copied to the host once.
+    Host syncs per batch: the candidate count, one per NMS pass (usually a handful) and the
+    copy back, whatever the batch size. The detections equal the per-image path's, except
+    which of several exactly equal scores survive a top-k cut (and their order), as with
+    ``torch.topk`` there.
+    """
+    bsz = boxes.shape[0]
+    with torch.no_grad():
+        got = _candidates(boxes.float(), scores.float(), params)
+        if got is None:
+            return [Detections.empty() for _ in range(bsz)]
+        cand_boxes, cand_scores, cand_cls, valid, counts = got
+        keep = _batched_greedy_keep(cand_boxes, cand_cls, valid, counts, params.iou,
+                                    class_agnostic)  # fmt: skip
+        rank = keep.cumsum(dim=1)
+        keep &= rank <= params.max_det
+        image, pos = keep.nonzero(as_tuple=True)  # image-major, score order within an image
+        packed = torch.cat(
+            [
+                cand_boxes[image, pos],
+                cand_scores[image, pos, None],
+                cand_cls[image, pos, None].to(torch.float32),  # exact below 2**24 classes
+                image[:, None].to(torch.float32),
+            ],
+            dim=1,
+        ).cpu()  # the one copy back
+    rows = packed.numpy()
+    out = []
+    for part in np.split(rows, np.searchsorted(rows[:, 6], np.arange(1, bsz))):
+        out.append(
+            Detections(
+                boxes=np.ascontiguousarray(part[:, :4], np.float32),
+                scores=np.ascontiguousarray(part[:, 4], np.float32),
+                class_ids=part[:, 5].astype(np.int64),
+            )
+        )
+    return out
+
+
+def _batched_greedy_keep(
+    boxes: torch.Tensor,
+    cls: torch.Tensor,
+    valid: torch.Tensor,
+    counts: torch.Tensor,
+    iou_threshold: float,
+    class_agnostic: bool,
+) -> torch.Tensor:
+    """(B, K) keep mask of greedy NMS on score-ordered padded candidates, as `batched_nms`
+    decides per image: class offsets of ``class * (max_coordinate + 1)`` (the image's own
+    maximum), or, for an image with more than torchvision's offset-path limit of coordinates,
+    suppression only within a class on the original coordinates."""
+    limit = _VANILLA_NUMEL.get(boxes.device.type, 100_000)
+    b = boxes
+    same_class_only = torch.zeros_like(counts, dtype=torch.bool)
+    if not class_agnostic:
+        same_class_only = counts * 4 > limit
+        neg = torch.full_like(boxes, -torch.inf)
+        max_coordinate = torch.where(valid[..., None], boxes, neg).amax(dim=(1, 2))
+        offsets = cls.to(b) * (max_coordinate[:, None] + torch.tensor(1).to(b))
+        shifted = b + offsets[..., None]
+        b = torch.where(same_class_only[:, None, None], b, shifted)
+    x1, y1, x2, y2 = b.unbind(dim=2)
+    areas = (x2 - x1) * (y2 - y1)
+    w = (
+        torch.minimum(x2[:, :, None], x2[:, None, :])
+        - torch.maximum(x1[:, :, None], x1[:, None, :])
+    ).clamp(min=0)
+    h = (
+        torch.minimum(y2[:, :, None], y2[:, None, :])
+        - torch.maximum(y1[:, :, None], y1[:, None, :])
+    ).clamp(min=0)
+    inter = w * h
+    suppress = inter / (areas[:, :, None] + areas[:, None, :] - inter) > _float32_threshold(
+        iou_threshold
+    )
+    suppress.triu_(diagonal=1)
+    if not class_agnostic:
+        same = cls[:, :, None] == cls[:, None, :]
+        suppress &= same | ~same_class_only[:, None, None]
+    keep = valid.clone()
+    for _ in range(boxes.shape[1] + 1):
+        new_keep = valid & ~(suppress & keep[:, :, None]).any(dim=1)
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep
 
 
 def postprocess_numpy(

@@ -118,13 +118,13 @@ def test_calibrate_measures_caches_and_measures_again_when_the_key_changes(
     assert not calibrate(gpu.infer, key(tmp_path), 10.0, tmp_path / "cache", clock=clock).cached
 
 
-def test_measuring_stops_after_two_sizes_that_did_not_pay(tmp_path: Path) -> None:
-    """A CPU-like model is never run at batch 8 (1, 2 and 4 already said batching buys
-    nothing): start-up does not pay for the biggest batch."""
+def test_measuring_stops_at_the_first_size_that_did_not_pay(tmp_path: Path) -> None:
+    """A CPU-like model is never run at batch 4 or 8 (1 and 2 already said batching buys
+    nothing): start-up does not pay for the big batches."""
     clock = Clock()
     cpu = CostBackend(clock, fixed_ms=0.0, per_image_ms=10.0)
     plan = calibrate(cpu.infer, key(tmp_path), 10.0, tmp_path / "cache", clock=clock)
-    assert sorted(plan.ms_per_image) == [1, 2, 4] and 8 not in cpu.calls
+    assert sorted(plan.ms_per_image) == [1, 2] and set(cpu.calls) == {1, 2}
     assert plan.max_batch == 1
 
 

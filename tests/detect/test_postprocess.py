@@ -16,7 +16,7 @@ from stages.detect.postprocess import (
     postprocess,
     postprocess_numpy,
 )
-from stages.detect.types import NMSParams
+from stages.detect.types import Detections, NMSParams
 
 P = NMSParams()  # the reference predict() defaults
 
@@ -192,3 +192,169 @@ def test_batched_nms_matches_slow_greedy(n: int, grid: float) -> None:
     expected = _slow_greedy_nms(boxes, scores, classes, 0.6)
     assert 0 < len(expected) < n  # the case does suppress something
     assert ours == expected
+
+
+# ------------------------------------------------------------------ batched = per image
+
+
+def assert_same_detection_sets(got: Detections, want: Detections) -> None:
+    """The same detections as a set of (class, score, box) rows: for cases where exactly equal
+    scores may leave a top-k cut (or NMS) in another order. Rows are compared exactly."""
+
+    def rows(d: Detections) -> list[tuple[float, ...]]:
+        return sorted(
+            (float(c), float(s), *map(float, b))
+            for b, s, c in zip(d.boxes, d.scores, d.class_ids, strict=True)
+        )
+
+    assert rows(got) == rows(want)
+
+
+def assert_same_detections(got: Detections, want: Detections) -> None:
+    """Equal arrays: same boxes, scores and classes in the same order, same dtypes."""
+    assert got.boxes.dtype == want.boxes.dtype == np.float32
+    assert got.scores.dtype == want.scores.dtype == np.float32
+    assert got.class_ids.dtype == want.class_ids.dtype == np.int64
+    np.testing.assert_array_equal(got.boxes, want.boxes)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.class_ids, want.class_ids)
+
+
+def _model_like(bsz: int, n: int, c: int, hot: list[float], seed: int,
+                grid: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Boxes clustered around objects (so NMS has work), sigmoid-like scores with image b's
+    share of hot (above-threshold) pairs ``hot[b]``: from none to thousands (top-k cut, and
+    torchvision's per-class path above 1000 boxes on the CPU)."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.rand(bsz, max(1, n // 20), 2, generator=g) * 600
+    pick = torch.randint(0, centres.shape[1], (bsz, n), generator=g)
+    ctr = (
+        centres.gather(1, pick[..., None].expand(bsz, n, 2))
+        + torch.randn(bsz, n, 2, generator=g) * 5
+    )
+    wh = torch.rand(bsz, n, 2, generator=g) * 100 + 10
+    boxes = torch.cat([ctr - wh / 2, ctr + wh / 2], dim=2).clamp(0, 640)
+    if grid:
+        boxes = torch.round(boxes / grid) * grid
+    scores = torch.rand(bsz, n, c, generator=g) * 0.2  # below conf
+    for b, frac in enumerate(hot):
+        mask = torch.rand(n, c, generator=g) < frac
+        scores[b][mask] = 0.26 + torch.rand(int(mask.sum()), generator=g) * 0.7
+    return boxes, scores
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        P,
+        NMSParams(multi_label=False),
+        NMSParams(max_det=5),
+        NMSParams(top_k=50, iou=0.5),
+        NMSParams(conf=0.9),  # some images have nothing
+    ],
+    ids=["default", "single_label", "max_det_5", "top_k_50", "empty_images"],
+)
+@pytest.mark.parametrize("class_agnostic", [False, True])
+def test_batched_postprocess_equals_the_per_image_path(params: NMSParams,
+                                                       class_agnostic: bool) -> None:  # fmt: skip
+    """Four images from nothing above the threshold to 3000 candidates (top-k cut at 1024 and
+    torchvision's per-class path): the batched path gives each image the same boxes, scores
+    and classes in the same order as the per-image path. Scores are continuous random floats,
+    so no two are equal and the order is defined."""
+    boxes, scores = _model_like(4, 2000, 8, hot=[0.0, 0.002, 0.03, 0.2], seed=1)
+    per_image = postprocess(boxes, scores, params, class_agnostic, batched=False)
+    batched = postprocess(boxes, scores, params, class_agnostic, batched=True)
+    assert len(batched) == len(per_image) == 4
+    assert sum(len(d) for d in per_image) > 0 or params.conf == 0.9
+    for got, want in zip(batched, per_image, strict=True):
+        assert_same_detections(got, want)
+
+
+def test_batched_postprocess_uses_torchvisions_two_paths_per_image() -> None:
+    """One image under torchvision's offset-path limit (few candidates), one over it (per-class
+    NMS on original coordinates), in one batch: each follows its own path as it does alone. On
+    coordinates that are multiples of 1/8 the paths agree exactly, so use arbitrary floats."""
+    boxes, scores = _model_like(2, 3000, 4, hot=[0.01, 0.3], seed=7)
+    params = NMSParams(top_k=2000, max_det=2000)
+    per_image = postprocess(boxes, scores, params, batched=False)
+    assert len(per_image[1]) > 300  # enough kept boxes to tell paths apart
+    for got, want in zip(postprocess(boxes, scores, params, batched=True), per_image, strict=True):
+        assert_same_detections(got, want)
+
+
+def test_batched_postprocess_with_equal_scores() -> None:
+    """Scores quantised to 1/64 tie a lot. Without a top-k cut the order is defined (score,
+    then anchor-major, a stable sort in both paths): equal. With a cut, which of several equal
+    scores `torch.topk` keeps, and in what order, is not defined (the per-image path has the
+    same freedom as the reference); on boxes that do not overlap (so the order among equals
+    cannot change what NMS keeps) the two paths give the same sets."""
+    boxes, scores = _model_like(3, 1500, 6, hot=[0.01, 0.05, 0.2], seed=3, grid=0.5)
+    scores = torch.round(scores * 64) / 64
+    everything = NMSParams(top_k=100000, max_det=100000)
+    per_image = postprocess(boxes, scores, everything, batched=False)
+    assert any(len(np.unique(d.scores)) < len(d) for d in per_image)  # ties
+    for got, want in zip(postprocess(boxes, scores, everything, batched=True), per_image,
+                         strict=True):  # fmt: skip
+        assert_same_detections(got, want)
+
+    n = 400  # disjoint boxes on a grid, 2 classes, scores in 8 levels: a cut among equals
+    i = torch.arange(n, dtype=torch.float32)
+    grid = torch.stack([(i % 20) * 30, (i // 20) * 30], dim=1)
+    disjoint = torch.cat([grid, grid + 20], dim=1)[None].repeat(2, 1, 1)
+    g = torch.Generator().manual_seed(5)
+    levels = (torch.randint(0, 8, (2, n, 2), generator=g).float() + 20) / 32
+    cut = NMSParams(top_k=150, max_det=1000)
+    per_image = postprocess(disjoint, levels, cut, batched=False)
+    assert [len(d) for d in per_image] == [150, 150]
+    for got, want in zip(postprocess(disjoint, levels, cut, batched=True), per_image,
+                         strict=True):  # fmt: skip
+        np.testing.assert_array_equal(got.scores, want.scores)  # same scores, same order
+        above = float(want.scores.min())  # the cut: equals there may be other boxes
+        assert_same_detection_sets(_above(got, above), _above(want, above))
+
+
+def _above(d: Detections, score: float) -> Detections:
+    m = d.scores > score
+    return Detections(d.boxes[m], d.scores[m], d.class_ids[m])
+
+
+def test_batched_postprocess_one_image_and_no_anchors() -> None:
+    b, s = _one([[0, 0, 10, 10], [0, 0, 10, 9.5], [20, 20, 30, 30]], [[0.9], [0.8], [0.7]])
+    (det,) = postprocess(b, s, P, batched=True)
+    np.testing.assert_array_equal(det.scores, np.float32([0.9, 0.7]))
+    out = postprocess(torch.zeros((3, 0, 4)), torch.zeros((3, 0, 80)), P, batched=True)
+    assert [len(d) for d in out] == [0, 0, 0] and out[0].boxes.shape == (0, 4)
+
+
+def test_batched_postprocess_equals_super_gradients_on_the_parity_stress_cases() -> None:
+    """The golden stress cases of tests/parity (super-gradients 3.7.1's own detections on
+    8400-anchor, 80-class outputs: top-k cut, per-class path, offset path, single label,
+    class-agnostic), run as one batch per parameter set with the batched path: every image
+    equals the reference row for row."""
+    import sys
+    from pathlib import Path
+
+    parity = Path(__file__).resolve().parents[1] / "parity"
+    if str(parity) not in sys.path:
+        sys.path.insert(0, str(parity))
+    from synthetic_images import STRESS_CASES, stress_outputs
+
+    with np.load(parity / "golden" / "stress.npz") as z:
+        golden = {k: z[k] for k in z.files}
+    cases = list(STRESS_CASES)
+    assert len(cases) >= 3
+    for case in cases:
+        prm = STRESS_CASES[case]
+        params = NMSParams(prm.conf, prm.iou, prm.multi_label, prm.top_k, prm.max_det)
+        boxes, scores = stress_outputs(case)
+        # the case three times over, next to an image with nothing in it
+        b = torch.from_numpy(np.concatenate([boxes, boxes, 0 * boxes, boxes]))
+        s = torch.from_numpy(np.concatenate([scores, scores, 0 * scores, scores]))
+        out = postprocess(b, s, params, prm.agnostic, batched=True)
+        assert len(out[2]) == 0
+        expected = golden[case]
+        for det in (out[0], out[1], out[3]):
+            assert len(det) == len(expected) > 20
+            np.testing.assert_array_equal(det.scores, expected[:, 4])
+            np.testing.assert_array_equal(det.class_ids, expected[:, 5].astype(np.int64))
+            np.testing.assert_array_equal(det.boxes, expected[:, :4])
