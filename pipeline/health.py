@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +43,7 @@ Readiness = Callable[[], Iterable[str]]
 # (method, path, headers, body) -> (status, JSON body), or None: not its path (404)
 Api = Callable[[str, str, Mapping[str, str], bytes], "tuple[int, dict[str, Any]] | None"]
 MAX_BODY_BYTES = 64 * 1024
+_PREVIEW_PATH = re.compile(r"^/cameras/([A-Za-z0-9_.\-]{1,64})/(snapshot\.jpg|stream\.mjpg)$")
 RegistrySource = CollectorRegistry | Callable[[], CollectorRegistry] | None
 
 
@@ -96,8 +99,10 @@ class HealthServer:
         readiness: Readiness = tuple,
         registry: RegistrySource = None,
         api: Api | None = None,
+        preview: Any = None,
     ) -> None:
         self.host = host
+        self.preview = preview  # /cameras/{id}/snapshot.jpg, stream.mjpg (pipeline.preview)
         self.requested_port = port
         self.liveness = liveness
         self.readiness = readiness
@@ -148,6 +153,8 @@ class HealthServer:
                     self._json(*check_readiness(server.readiness))
                 elif path == "/":
                     self._send(200, b"edgestream: /metrics /healthz /readyz\n", "text/plain")
+                elif (m := _PREVIEW_PATH.match(path)) is not None:
+                    self._preview(m.group(1), m.group(2))
                 elif not self._api("GET", path):
                     self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain")
 
@@ -183,6 +190,53 @@ class HealthServer:
                     return False
                 self._json(*answer)
                 return True
+
+            def _preview(self, camera: str, kind: str) -> None:
+                """A camera's annotated snapshot (JPEG) or a low-rate MJPEG stream of them."""
+                preview = server.preview
+                if preview is None:
+                    self._json(404, {"error": "the preview is off (config: preview.enabled)"})
+                elif not preview.known(camera):
+                    self._json(404, {"error": f"no camera {camera!r}"})
+                elif kind == "snapshot.jpg":
+                    snap = preview.snapshot(camera)
+                    if snap is None:
+                        self._json(503, {"error": f"no frame of {camera!r} yet"})
+                        return
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(snap.jpeg)))
+                    self.send_header("Cache-Control", "no-store")
+                    self.send_header("X-Frame-Id", str(snap.frame_id))
+                    self.send_header("X-Capture-Ts", f"{snap.capture_ts:.6f}")
+                    self.end_headers()
+                    self.wfile.write(snap.jpeg)
+                elif not preview.open_stream():
+                    self._json(503, {"error": "too many preview streams (preview.max_streams)"})
+                else:
+                    try:
+                        self._stream(preview, camera)
+                    finally:
+                        preview.close_stream()
+
+            def _stream(self, preview: Any, camera: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                last = -1
+                try:
+                    while True:
+                        snap = preview.snapshot(camera, wait_s=2.0)
+                        if snap is not None and snap.frame_id != last:
+                            last = snap.frame_id
+                            self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                             b"Content-Length: %d\r\n\r\n%s\r\n"
+                                             % (len(snap.jpeg), snap.jpeg))  # fmt: skip
+                            self.wfile.flush()
+                        time.sleep(1.0 / preview.fps)
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the viewer went away
 
             def _json(self, status: int, body: dict[str, Any]) -> None:
                 self._send(status, (json.dumps(body) + "\n").encode(), "application/json")
@@ -243,10 +297,17 @@ def start_health_server(
     readiness: Readiness,
     registry: RegistrySource = None,
     api: Api | None = None,
+    preview: Any = None,
 ) -> HealthServer | None:
     """Start a `HealthServer` for ``metrics.host``/``metrics.port``; None when port is 0."""
     if port == 0:
         return None
     return HealthServer(
-        host, port, liveness=liveness, readiness=readiness, registry=registry, api=api
+        host,
+        port,
+        liveness=liveness,
+        readiness=readiness,
+        registry=registry,
+        api=api,
+        preview=preview,
     ).start()

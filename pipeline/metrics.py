@@ -173,6 +173,20 @@ class Metrics:
             ["edge"],
             registry=r,
         )
+        self.line_crossings_total = Counter(
+            "edgestream_line_crossings_total",
+            "Tracks that crossed a configured line, per camera, line, direction (in: from the "
+            "line's left to its right as seen on the image; out) and class name.",
+            ["camera", "line", "direction", "class"],
+            registry=r,
+        )
+        self.zone_occupancy_gauge = Gauge(
+            "edgestream_zone_occupancy",
+            "Tracks inside a configured zone now, per camera, zone and class name.",
+            ["camera", "zone", "class"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self._lock = threading.Lock()
         self._last: dict[tuple[str, ...], float] = {}
 
@@ -209,6 +223,14 @@ class Metrics:
         """The sink published a frame: counts it and records its capture-to-publish latency."""
         self.frames(camera, "sink")
         self.e2e_latency(camera, max(0.0, publish_ts - capture_ts))
+
+    def line_crossed(self, camera: str, line: str, direction: str, class_name: str) -> None:
+        """A track of ``class_name`` crossed ``line`` of ``camera`` in ``direction``."""
+        self.line_crossings_total.labels(camera, line, direction, class_name).inc()
+
+    def zone_occupancy(self, camera: str, zone: str, class_name: str, n: int) -> None:
+        """``n`` tracks of ``class_name`` are inside ``zone`` of ``camera`` now."""
+        self.zone_occupancy_gauge.labels(camera, zone, class_name).set(n)
 
     def restart(self, stage: str) -> None:
         """The supervisor restarted a process of ``stage``."""

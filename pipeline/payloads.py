@@ -23,13 +23,16 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 """``major.minor`` of both documents. A minor bump only adds optional fields; a consumer
 written for 1.x keeps working. A major bump gets new schema files (``*.v2.schema.json``)."""
 
 DETECTIONS_TYPE = "detections"
 TRACK_EVENT_TYPE = "track_event"
 EVENT_KINDS = ("new", "lost", "recovered", "removed")
+ANALYTICS_EVENT_TYPE = "analytics_event"
+ANALYTICS_EVENT_KINDS = ("zone_enter", "zone_exit", "line_cross")
+LINE_DIRECTIONS = ("in", "out")
 
 
 def _finite(name: str, value: float) -> float:
@@ -131,6 +134,54 @@ class TrackLifecycleEvent:
             _finite(name, getattr(self, name))
 
 
+@dataclass(frozen=True)
+class AnalyticsEvent:
+    """A track entered or left a zone, or crossed a line (`stages.analytics`; schema 1.1).
+
+    kind: ``zone_enter``, ``zone_exit`` or ``line_cross``; region: the zone or line id.
+    event_ts: capture time (unix s) of the first frame on the new side (the moment of the
+        crossing, give or take a frame; the event itself is raised once hysteresis confirmed
+        it, up to ``min_frames`` later).
+    direction: ``in`` or ``out`` (line_cross only; see `pipeline.config.zones.LineConfig`).
+    dwell_s / entered_ts: zone_exit only: seconds inside, and the matching enter's event_ts.
+    """
+
+    kind: str
+    region: str
+    track_id: int
+    class_id: int
+    class_name: str
+    event_ts: float
+    direction: str | None = None
+    dwell_s: float | None = None
+    entered_ts: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ANALYTICS_EVENT_KINDS:
+            raise ValueError(f"analytics event kind must be one of {ANALYTICS_EVENT_KINDS}, "
+                             f"got {self.kind!r}")  # fmt: skip
+        if not self.region or any(c.isspace() or c == ":" for c in self.region):
+            raise ValueError(f"region id must be non-empty, without spaces or ':': {self.region!r}")
+        if self.track_id < 0 or self.class_id < 0:
+            raise ValueError("track_id and class_id must be >= 0")
+        _finite("event_ts", self.event_ts)
+        if (self.kind == "line_cross") != (self.direction is not None):
+            raise ValueError("direction is set on line_cross events, and only there")
+        if self.direction is not None and self.direction not in LINE_DIRECTIONS:
+            raise ValueError(f"direction must be one of {LINE_DIRECTIONS}, got {self.direction!r}")
+        if (self.kind == "zone_exit") != (self.dwell_s is not None):
+            raise ValueError("dwell_s is set on zone_exit events, and only there")
+        if self.dwell_s is not None and not _finite("dwell_s", self.dwell_s) >= 0:
+            raise ValueError(f"dwell_s must be >= 0, got {self.dwell_s}")
+        if self.entered_ts is not None:
+            _finite("entered_ts", self.entered_ts)
+
+    @property
+    def region_key(self) -> str:
+        """``zone`` or ``line``: the name of the region field in the document."""
+        return "line" if self.kind == "line_cross" else "zone"
+
+
 def class_name(class_names: Sequence[str] | Mapping[int, str], class_id: int) -> str:
     """The name of ``class_id``, or ``class_<id>`` when it has none (as the detector does)."""
     try:
@@ -152,6 +203,11 @@ class FrameResult:
         order (e.g. ``{"decode": ..., "detect": ..., "track": ...}``); published as latencies
         from capture.
     events: the track lifecycle events raised on this frame (`track_events_from`).
+    analytics_events: zone and line events raised on this frame (`stages.analytics`).
+    zones / lines: live counts of the camera's zones and lines (empty: it has none), as
+        published (``{zone: {"occupancy": n, "by_class": {name: n}}}``,
+        ``{line: {"in": n, "out": n, "by_class": {name: {"in": n, "out": n}}}}``; line
+        counts are totals since the sink started).
     """
 
     camera: str
@@ -162,6 +218,9 @@ class FrameResult:
     objects: Sequence[TrackedObject] = ()
     stage_ts: Mapping[str, float] = field(default_factory=dict)
     events: Sequence[TrackLifecycleEvent] = ()
+    analytics_events: Sequence[AnalyticsEvent] = ()
+    zones: Mapping[str, Any] = field(default_factory=dict)
+    lines: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_camera(self.camera)
@@ -183,6 +242,10 @@ class FrameResult:
         for e in self.events:
             if not isinstance(e, TrackLifecycleEvent):
                 raise ValueError(f"events must be TrackLifecycleEvent, got {type(e).__name__}")
+        object.__setattr__(self, "analytics_events", tuple(self.analytics_events))
+        for a in self.analytics_events:
+            if not isinstance(a, AnalyticsEvent):
+                raise ValueError(f"analytics_events must be AnalyticsEvent, got {type(a).__name__}")
 
     @property
     def msg_id(self) -> str:
@@ -190,6 +253,11 @@ class FrameResult:
 
     def to_json_dict(self, publish_ts: float) -> dict[str, Any]:
         """The detections document (``schemas/detections.v1.schema.json``)."""
+        counts: dict[str, Any] = {}
+        if self.zones:
+            counts["zones"] = self.zones
+        if self.lines:
+            counts["lines"] = self.lines
         return {
             "type": DETECTIONS_TYPE,
             "schema_version": SCHEMA_VERSION,
@@ -200,6 +268,7 @@ class FrameResult:
             "width": int(self.width),
             "height": int(self.height),
             "objects": [o.to_json_dict(self.width, self.height) for o in self.objects],
+            **counts,
             "latency_ms": {
                 **{k: round((v - self.capture_ts) * 1e3, 2) for k, v in self.stage_ts.items()},
                 "publish": round((publish_ts - self.capture_ts) * 1e3, 2),
@@ -210,6 +279,10 @@ class FrameResult:
     def event_json_dicts(self, publish_ts: float) -> list[dict[str, Any]]:
         """One track-event document per event (``schemas/track_event.v1.schema.json``)."""
         return [event_json_dict(self, e, publish_ts) for e in self.events]
+
+    def analytics_json_dicts(self, publish_ts: float) -> list[dict[str, Any]]:
+        """One document per zone/line event (``schemas/analytics_event.v1.schema.json``)."""
+        return [analytics_json_dict(self, a, publish_ts) for a in self.analytics_events]
 
 
 def event_msg_id(frame: FrameResult, event: TrackLifecycleEvent) -> str:
@@ -235,6 +308,38 @@ def event_json_dict(
         "last_seen_ts": round(event.last_seen_ts, 6),
         "publish_ts": round(publish_ts, 6),
     }
+
+
+def analytics_msg_id(frame: FrameResult, event: AnalyticsEvent) -> str:
+    """``camera:frame_id:track_id:kind:region``: unique (one event of a kind per track, region
+    and frame)."""
+    return f"{frame.camera}:{frame.frame_id}:{event.track_id}:{event.kind}:{event.region}"
+
+
+def analytics_json_dict(
+    frame: FrameResult, event: AnalyticsEvent, publish_ts: float
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "type": ANALYTICS_EVENT_TYPE,
+        "schema_version": SCHEMA_VERSION,
+        "msg_id": analytics_msg_id(frame, event),
+        "camera": frame.camera,
+        "frame_id": int(frame.frame_id),
+        "kind": event.kind,
+        event.region_key: event.region,
+        "track_id": int(event.track_id),
+        "class_id": int(event.class_id),
+        "class_name": event.class_name,
+        "event_ts": round(event.event_ts, 6),
+    }
+    if event.direction is not None:
+        doc["direction"] = event.direction
+    if event.dwell_s is not None:
+        doc["dwell_s"] = round(event.dwell_s, 4)
+    if event.entered_ts is not None:
+        doc["entered_ts"] = round(event.entered_ts, 6)
+    doc["publish_ts"] = round(publish_ts, 6)
+    return doc
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,7 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     edge = edges["frames"]
     cameras = [(c.id, camera_config(c, cfg)) for c in cfg.effective_cameras()]
     pool = ShmPool(cfg.name, "frames", slots=cfg.preprocess.workers + 4)
-    sender = edge.open_sender(stop, name="decode", pool=pool)
+    sender = _preview_tap(cfg, edge.open_sender(stop, name="decode", pool=pool), stop)
     _report_auth(reporter, edge)
     feeder = DecodeFeeder(cameras, sender, on_state=reporter.camera_state)
     reporter.source(lambda: {"decode": feeder.counters})
@@ -494,11 +494,13 @@ def class_filter_of(cfg: PipelineConfig, names: list[str]) -> dict[str, frozense
     ``names``, the model's class names). Raises `pipeline.config.ConfigError` naming every
     unknown class, so the supervisor refuses the config before any process starts."""
     from pipeline.config import ConfigError
+    from pipeline.config.zones import region_class_problems
 
     index = {name: i for i, name in reversed(list(enumerate(names)))}
     out: dict[str, frozenset[int]] = {}
     problems: list[str] = []
     for n, cam in enumerate(cfg.effective_cameras()):
+        problems += region_class_problems(n, cam.zones, cam.lines, names)  # zones, lines
         if cam.classes is None:
             continue
         ids: set[int] = set()
@@ -578,9 +580,55 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         on_published=reporter.published_frame,
         on_done=flags.done.set,
         file_cameras=frozenset(c.id for c in cfg.effective_cameras() if c.kind == "file"),
+        enrich=_sink_enrich(cfg, reporter, stop),
     )
     reporter.source(lambda: {"sinks": stage.stats()})
     _run(stage, "sink", edges["tracked"], None, cfg, stop, reporter)
+
+
+def _sink_enrich(cfg: PipelineConfig, reporter: Reporter, stop: Any) -> Any:
+    """What every frame goes through before the sinks: the cameras' zones and lines
+    (`stages.analytics.ZoneAnalytics`), then the preview's look at it
+    (`stages.analytics.preview.PreviewServer`); None when neither is configured."""
+    from pipeline.preview import preview_dir
+    from stages.analytics import CameraRegions, ZoneAnalytics
+
+    regions = {c.id: CameraRegions(tuple(c.zones), tuple(c.lines))
+               for c in cfg.effective_cameras() if c.zones or c.lines}  # fmt: skip
+    steps: list[Callable[[Any], Any]] = []
+    if regions:
+        analytics = ZoneAnalytics(regions, metrics=reporter.metrics)
+        reporter.source(lambda: {"analytics": analytics.stats()})
+        steps.append(analytics.process)
+    folder = preview_dir()
+    if cfg.preview.enabled and folder is not None:
+        from stages.analytics.preview import PreviewServer
+
+        preview = PreviewServer(cfg.preview, folder, stop, regions.get)
+        reporter.source(lambda: {"preview": preview.stats()})
+        steps.append(preview.observe)
+    if not steps:
+        return None
+
+    def enrich(frame: Any) -> Any:
+        for step in steps:
+            frame = step(frame)
+        return frame
+
+    return enrich
+
+
+def _preview_tap(cfg: PipelineConfig, sender: Any, stop: Any) -> Any:
+    """Decode's frames sender, wrapped to keep each camera's last frame for the preview
+    (`stages.analytics.preview.FrameTap`) when ``preview.enabled``."""
+    from pipeline.preview import preview_dir
+
+    folder = preview_dir()
+    if not cfg.preview.enabled or folder is None:
+        return sender
+    from stages.analytics.preview import FrameTap
+
+    return FrameTap(sender, folder, stop)
 
 
 def _run(stage: Any, name: str, inp: EdgePlan, out: EdgePlan | None, cfg: PipelineConfig,

@@ -169,9 +169,12 @@ class Supervisor:
 
         self.cameras_api = CameraManager(self)
         m = self.cfg.metrics
+        from pipeline.preview import preview_client
+
         self.health = start_health_server(
             m.host, m.port, liveness=self.liveness, readiness=self.readiness,
             api=self.cameras_api.handle,
+            preview=preview_client(self, self._run_dir),  # before the children: sets their env
         )  # fmt: skip
 
     def liveness(self) -> dict[str, bool | str]:

@@ -26,6 +26,7 @@ from pipeline.config.base import (
     _resolve_path,
     read_secret_file,
 )
+from pipeline.config.zones import Lines, Zones
 from pipeline.redact import redact_url
 
 
@@ -134,6 +135,16 @@ class CameraDefaults(StrictModel):
         min_length=1,
         description="Publish only these classes (class names as the model names them, or class "
         "ids); the others are dropped before tracking. null: every class.",
+    )
+    zones: Zones = Field(
+        default_factory=list,
+        description="Polygons counted per track (zone_enter/zone_exit events, occupancy); "
+        "usually set per camera. See pipeline.config.zones.ZoneConfig.",
+    )
+    lines: Lines = Field(
+        default_factory=list,
+        description="Directed lines counted per track (line_cross events with direction); "
+        "usually set per camera. See pipeline.config.zones.LineConfig.",
     )
 
     @model_validator(mode="after")

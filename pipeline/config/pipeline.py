@@ -26,6 +26,7 @@ from pipeline.config.base import (
 )
 from pipeline.config.cameras import CameraDefaults, CameraEntry, CameraSettings
 from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig
+from pipeline.config.preview import PreviewConfig
 from pipeline.config.runtime import LoggingConfig, MetricsConfig, TransportConfig
 from pipeline.control import ControlConfig
 from pipeline.redact import REDACTED, redact_text, redact_url
@@ -69,6 +70,9 @@ class PipelineConfig(StrictModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logging.")
     control: ControlConfig = Field(
         default_factory=ControlConfig, description="Live camera changes (the API token)."
+    )
+    preview: PreviewConfig = Field(
+        default_factory=PreviewConfig, description="Annotated camera snapshots (off by default)."
     )
 
     _secrets: frozenset[str] = PrivateAttr(default_factory=frozenset)

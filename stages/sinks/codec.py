@@ -15,10 +15,12 @@ import json
 from dataclasses import dataclass
 
 from pipeline.payloads import (
+    ANALYTICS_EVENT_TYPE,
     DETECTIONS_TYPE,
     SCHEMA_VERSION,
     TRACK_EVENT_TYPE,
     FrameResult,
+    analytics_json_dict,
     box_norm,
     event_json_dict,
 )
@@ -33,7 +35,8 @@ def dumps(doc: object) -> bytes:
 class Pending:
     """One encoded message waiting for its publish time.
 
-    kind: ``detections`` or ``track_event`` (which stream it goes to).
+    kind: ``detections``, ``track_event`` or ``analytics_event`` (the last two go to the
+        events stream).
     camera / frame_id / msg_id: identity, for keys, entry ids and deduplication.
     ts: the time its stream entry id derives from (capture time of the frame, unix s).
     """
@@ -63,7 +66,7 @@ _OBJECT = (
 )
 _HEADER = (
     '{"type":"detections","schema_version":"%s","msg_id":%s,"camera":%s,"frame_id":%d,'
-    '"capture_ts":%.6f,"width":%d,"height":%d,"objects":[%s],"latency_ms":{%s'
+    '"capture_ts":%.6f,"width":%d,"height":%d,"objects":[%s]%s,"latency_ms":{%s'
 )
 _json_strings: dict[str, str] = {}
 
@@ -101,12 +104,20 @@ def _detections_prefix(frame: FrameResult) -> bytes:
     latency = ",".join([f"{_jstr(k)}:{(v - ts) * 1e3:.2f}" for k, v in frame.stage_ts.items()])
     camera = _jstr(frame.camera)
     msg_id = _jstr(frame.msg_id)
-    head = _HEADER % (SCHEMA_VERSION, msg_id, camera, frame.frame_id, ts, w, h, objects, latency)
+    counts = ""
+    if frame.zones:
+        counts += ',"zones":' + dumps(frame.zones).decode()
+    if frame.lines:
+        counts += ',"lines":' + dumps(frame.lines).decode()
+    head = _HEADER % (
+        SCHEMA_VERSION, msg_id, camera, frame.frame_id, ts, w, h, objects, counts, latency
+    )  # fmt: skip
     return (head + ("," if latency else "")).encode()
 
 
 def encode_frame(frame: FrameResult) -> list[Pending]:
-    """The detections message of ``frame`` followed by one message per track event."""
+    """The detections message of ``frame``, then one message per track event, then one per
+    zone/line event."""
     out = [
         Pending(
             DETECTIONS_TYPE,
@@ -128,6 +139,19 @@ def encode_frame(frame: FrameResult) -> list[Pending]:
                 edoc["msg_id"],
                 frame.capture_ts,
                 dumps(edoc)[:-1],
+            )
+        )
+    for a in frame.analytics_events:
+        adoc = analytics_json_dict(frame, a, publish_ts=0.0)
+        del adoc["publish_ts"]
+        out.append(
+            Pending(
+                ANALYTICS_EVENT_TYPE,
+                frame.camera,
+                frame.frame_id,
+                adoc["msg_id"],
+                frame.capture_ts,
+                dumps(adoc)[:-1],
             )
         )
     return out

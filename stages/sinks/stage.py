@@ -48,6 +48,8 @@ class SinkStage:
         offline faster or slower than real time, "capture to publish" would measure how far
         decode ran ahead, not how long a frame took; theirs is measured from when decode
         handed the frame over.
+    enrich(frame): what every frame goes through before the sinks see it (zone and line
+        analytics, `stages.analytics.ZoneAnalytics.process`); None: nothing.
     """
 
     def __init__(
@@ -57,8 +59,10 @@ class SinkStage:
         on_published: Callable[[str, float, dict[str, float]], None] | None = None,
         on_done: Callable[[], None] | None = None,
         file_cameras: Container[str] = (),
+        enrich: Callable[[FrameResult], FrameResult] | None = None,
     ) -> None:
         self.sinks = list(sinks)
+        self.enrich = enrich
         self.file_cameras = file_cameras
         self.expected = frozenset(expected_cameras)
         self.ended: set[str] = set()
@@ -75,6 +79,8 @@ class SinkStage:
     def process(self, msg: Message) -> Iterable[Message]:
         if isinstance(msg, TrackedMsg):
             frame = msg.to_frame_result()
+            if self.enrich is not None:
+                frame = self.enrich(frame)
             for s in self.sinks:
                 s.process(frame)
             self.published += 1

@@ -74,6 +74,51 @@ def draw_tracks(rgb: np.ndarray, objects: Sequence[TrackedObject], caption: str 
     return img
 
 
+REGION_COLOUR = (255, 255, 0)  # RGB: zones and lines, one colour (boxes have one per track)
+
+
+def draw_regions(
+    img: np.ndarray,
+    zones: Sequence[tuple[str, np.ndarray]] = (),
+    lines: Sequence[tuple[str, np.ndarray]] = (),
+    counts: Mapping[str, Mapping[str, Any]] | None = None,
+) -> np.ndarray:
+    """Draws zones (polygon outlines) and directed lines (with an arrow towards their ``in``
+    side) on ``img`` in place, each labelled with its id and live count from ``counts``
+    (``{"zones": {...}, "lines": {...}}`` as in a detections message). Points are pixels."""
+    h, w = img.shape[:2]
+    thickness = max(1, round(min(h, w) / 300))
+    scale = max(0.35, min(h, w) / 900)
+    counts = counts or {}
+
+    def label(text: str, x: float, y: float) -> None:
+        org = (int(min(max(x, 2), w - 2)), int(min(max(y, 12), h - 4)))
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, REGION_COLOUR, 1,
+                    cv2.LINE_AA)  # fmt: skip
+
+    for zid, pts in zones:
+        poly = np.round(pts).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(img, [poly], True, REGION_COLOUR, thickness, cv2.LINE_AA)
+        n = (counts.get("zones") or {}).get(zid, {}).get("occupancy")
+        label(f"{zid}: {n}" if n is not None else zid, float(pts[:, 0].min()) + 4,
+              float(pts[:, 1].min()) + 16)  # fmt: skip
+    for lid, pts in lines:
+        a, b = pts[0], pts[1]
+        cv2.line(img, (round(a[0]), round(a[1])), (round(b[0]), round(b[1])), REGION_COLOUR,
+                 thickness + 1, cv2.LINE_AA)  # fmt: skip
+        mid = (a + b) / 2
+        d = b - a
+        normal = np.array([-d[1], d[0]]) / max(1e-9, float(np.hypot(*d)))  # towards "in"
+        tip = mid + normal * max(12.0, min(h, w) / 20)
+        cv2.arrowedLine(img, (round(mid[0]), round(mid[1])), (round(tip[0]), round(tip[1])),
+                        REGION_COLOUR, thickness, cv2.LINE_AA, tipLength=0.3)  # fmt: skip
+        c = (counts.get("lines") or {}).get(lid)
+        text = f"{lid}: in {c['in']} out {c['out']}" if c else lid
+        label(text, float(mid[0]) + 6, float(mid[1]) - 6)
+    return img
+
+
 @dataclass(frozen=True)
 class VideoSinkConfig:
     """dir: output folder (``<dir>/<camera>.mp4``, camera ids made file-safe).

@@ -13,6 +13,7 @@ from typing import Any
 
 DETECTIONS_V1 = "detections.v1.schema.json"
 TRACK_EVENT_V1 = "track_event.v1.schema.json"
+ANALYTICS_EVENT_V1 = "analytics_event.v1.schema.json"  # since 1.1: zone and line events
 
 
 @cache
