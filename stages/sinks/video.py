@@ -92,10 +92,12 @@ def draw_regions(
     counts = counts or {}
 
     def label(text: str, x: float, y: float) -> None:
-        org = (int(min(max(x, 2), w - 2)), int(min(max(y, 12), h - 4)))
-        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, REGION_COLOUR, 1,
-                    cv2.LINE_AA)  # fmt: skip
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x0 = int(min(max(x, 0), max(0, w - tw - 4)))
+        y0 = int(min(max(y, th + base + 2), h - 2))
+        cv2.rectangle(img, (x0, y0 - th - base - 2), (x0 + tw + 4, y0), (0, 0, 0), -1)
+        cv2.putText(img, text, (x0 + 2, y0 - base), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    REGION_COLOUR, 1, cv2.LINE_AA)  # fmt: skip
 
     for zid, pts in zones:
         poly = np.round(pts).astype(np.int32).reshape(-1, 1, 2)
@@ -115,7 +117,7 @@ def draw_regions(
                         REGION_COLOUR, thickness, cv2.LINE_AA, tipLength=0.3)  # fmt: skip
         c = (counts.get("lines") or {}).get(lid)
         text = f"{lid}: in {c['in']} out {c['out']}" if c else lid
-        label(text, float(mid[0]) + 6, float(mid[1]) - 6)
+        label(text, float(mid[0]) + 6, float(mid[1]) - 14)
     return img
 
 
