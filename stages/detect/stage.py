@@ -8,6 +8,11 @@ is full or ``max_wait_ms`` after its first slot was filled, and always holds the
 that arrived while the previous batch ran. Items whose shm slot was overwritten before the
 gather are dropped with reason ``overwritten``.
 
+Every detection message's ``stage_ts`` says where its time in detect went: ``detect_in`` (the
+item arrived), ``detect_batch`` (its batch started), ``detect_gather`` (pixels gathered),
+``detect_infer`` (the backend returned: forward pass and NMS), then ``detect`` (boxes mapped,
+message built); the sinks publish them as ``latency_ms`` (tests/bench/bench_latency_budget.py).
+
 The batch is gathered by `stages.detect.gather` (host array, or pinned slabs → device tensor
 with CUDA and the torch backend), the backend runs once, and boxes are mapped back to source
 pixels with each item's letterbox meta, exactly as `Detector.detect` does — so the pipeline's
@@ -171,6 +176,7 @@ class DetectStage:
                     f"takes {self.input_hw[0]}x{self.input_hw[1]} (the weights file does not "
                     "say its input size; re-export it with edgestream export)"
                 )
+            msg.stage_ts["detect_in"] = time.time()  # the breakdown: hop vs batching wait
             realtime = msg.camera_id in self.config.realtime_cameras
             old = self.policy.add(msg.camera_id, msg, time.monotonic(), msg.capture_ts, realtime)
             out: list[Message] = [self._drop(i, "superseded") for i in old]
@@ -222,15 +228,19 @@ class DetectStage:
     def _run(self, items: list[ItemMsg]) -> list[Message]:
         assert self.backend is not None and self._gather is not None
         t0 = time.perf_counter()
+        t_batch = time.time()
         g: Gathered = self._gather.gather(items)
         out: list[Message] = [self._drop(i, "overwritten") for i in g.lost]
         if not g.items:
             return out
+        t_gathered = time.time()
         if isinstance(g.batch, np.ndarray):
             dets = self.backend.infer(g.batch)
         else:
             with self._gather_stream():
                 dets = infer_device_batch(self.backend, g.batch)
+        t_inferred = time.time()
+        marks = {"detect_batch": t_batch, "detect_gather": t_gathered, "detect_infer": t_inferred}
         features: list[np.ndarray | None] = [None] * len(dets)
         if self.config.appearance:  # boxes are still in the letterboxed image's pixels here
             features = list(describe(g.batch, [det.boxes for det in dets]))
@@ -248,7 +258,7 @@ class DetectStage:
                     boxes=np.ascontiguousarray(boxes, np.float32),
                     scores=np.ascontiguousarray(det.scores, np.float32),
                     class_ids=np.ascontiguousarray(det.class_ids, np.int64),
-                    stage_ts={**item.stage_ts, STAGE: now},
+                    stage_ts={**item.stage_ts, **marks, STAGE: now},
                     features=feat,
                 )
             )
