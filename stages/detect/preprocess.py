@@ -22,6 +22,7 @@ are filled. No per-pixel Python.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -128,6 +129,57 @@ def letterbox_batch(
         raise ValueError(f"out must be (>= {n}, 3, {in_h}, {in_w}) uint8, got {out.shape}")
     metas = [letterbox(img, out[i], input_hw, resize_to)[1] for i, img in enumerate(images)]
     return out[:n], metas
+
+
+def letterbox_device(
+    image_rgb: Any,
+    input_hw: tuple[int, int] = (640, 640),
+    resize_to: int = 636,
+    out: Any = None,
+) -> tuple[Any, LetterboxMeta]:
+    """`letterbox` in torch on the image's own device (a GPU: frames uploaded from the pinned
+    slab are resized and padded there, and preprocess workers only copy).
+
+    ``image_rgb``: an (H, W, 3) uint8 tensor; returns a (3, *input_hw) uint8 tensor on the same
+    device (``out`` when given, written in place: e.g. a row of a device batch) and the same
+    `LetterboxMeta` as `letterbox`. The resize is bilinear with half-pixel centres like
+    ``cv2.INTER_LINEAR``, computed in float32 and rounded; OpenCV uses 11-bit fixed-point
+    weights, so pixels may differ by about 1 grey level (not bit-exact; the detections agree:
+    tests/bench/bench_gpu_hotpath.py letterbox). Runs on CPU tensors too.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if (
+        not isinstance(image_rgb, torch.Tensor)
+        or image_rgb.ndim != 3
+        or image_rgb.shape[2] != 3
+        or image_rgb.dtype != torch.uint8
+    ):
+        raise ValueError(
+            f"expected an (H, W, 3) uint8 tensor, got {getattr(image_rgb, 'shape', None)} "
+            f"{getattr(image_rgb, 'dtype', type(image_rgb).__name__)}"
+        )
+    in_h, in_w = input_hw
+    src_h, src_w = int(image_rgb.shape[0]), int(image_rgb.shape[1])
+    new_h, new_w, meta = letterbox_geometry(src_h, src_w, input_hw, resize_to)
+    if out is None:
+        out = torch.empty((3, in_h, in_w), dtype=torch.uint8, device=image_rgb.device)
+    elif tuple(out.shape) != (3, in_h, in_w) or out.dtype != torch.uint8:
+        raise ValueError(f"out must be (3, {in_h}, {in_w}) uint8, got {tuple(out.shape)}")
+    chw = image_rgb.permute(2, 0, 1)
+    if (new_h, new_w) != (src_h, src_w):
+        x = F.interpolate(chw[None].float(), size=(new_h, new_w), mode="bilinear",
+                          align_corners=False, antialias=False)[0]  # fmt: skip
+        chw = x.round_().clamp_(0, 255).to(torch.uint8)
+    top, left = meta.pad_top, meta.pad_left
+    bottom, right = top + new_h, left + new_w
+    out[:, top:bottom, left:right] = chw
+    out[:, :top, :] = PAD_VALUE
+    out[:, bottom:, :] = PAD_VALUE
+    out[:, top:bottom, :left] = PAD_VALUE
+    out[:, top:bottom, right:] = PAD_VALUE
+    return out, meta
 
 
 def to_float(batch_u8: np.ndarray) -> np.ndarray:
