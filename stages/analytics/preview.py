@@ -225,11 +225,11 @@ class PreviewServer:
                 (self.config.max_width, max(1, round(img.shape[0] * f))),
                 interpolation=cv2.INTER_AREA,
             )
-        ok, buf = cv2.imencode(
-            ".jpg",
-            cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-            [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality],
-        )
+        params = [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality]
+        if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):  # OpenCV >= 4.5.5
+            # full-resolution colour (4:4:4): 1-2 px coloured box edges stay their colour
+            params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
         if ok:
             self._jpeg[cam] = (buf.tobytes(), result.frame_id, result.capture_ts)
             self.encoded += 1
