@@ -14,6 +14,7 @@ from pipeline import run as run_cli
 from pipeline import shard as shard_cli
 from pipeline.extras import missing_extra_message
 from pipeline.logs import setup_logging
+from stages.bench import cli as bench_cli
 from stages.demo import cli as demo_cli
 from stages.detect import cli as detect_cli
 from stages.detect.train import cli as train_cli
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     curve_cli.add_parsers(sub)
     synth_cli.add_parsers(sub)
     train_cli.add_parsers(sub)
+    bench_cli.add_parsers(sub)
     return parser
 
 
