@@ -8,7 +8,9 @@ model, the Redis sink) serves every test of this module, in order:
 * a camera added over the API publishes to its Redis stream within 10 s; a PATCH of its
   detect_fps reopens it with its frame ids going on; a camera removed over the API stops
   publishing; the camera left running has consecutive frame ids across all three changes
-  (nothing dropped by them) and no stage process was restarted;
+  (nothing dropped by them: a gap fails unless the pipeline counted it as ``superseded``,
+  its newest-frame-wins policy when a loaded CPU falls behind) and no stage process was
+  restarted;
 * SIGHUP after the file changed applies the difference the same way (one camera added, one
   removed, the untouched one keeps its frame ids consecutive) and reports the non-camera
   change as needing a restart; an invalid file is refused with its errors (log and POST
@@ -23,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import time
 import urllib.error
@@ -133,8 +136,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, tiny_onnx:
     client = redis.Redis.from_url(server.url)
     lv = Live(tmp, cfg, proc, log, client, f"http://127.0.0.1:{port}", video)
     try:
-        both = ("live0", "live1")
-        wait_for(lambda: all(lv.length(c) for c in both) or proc.poll() is not None,
+        both = ("live0", "live1")  # past the start-up transient: 2 s of frames each
+        wait_for(lambda: all(lv.length(c) > 25 for c in both) or proc.poll() is not None,
                  STARTUP_S, "both cameras publishing")  # fmt: skip
         assert proc.poll() is None, log.read_text()[-3000:]
         yield lv
@@ -153,6 +156,28 @@ def live(tmp_path_factory: pytest.TempPathFactory, shared_data: Path, tiny_onnx:
 def _consecutive(ids: list[int]) -> list[tuple[int, int]]:
     """The gaps (previous id, next id) in a camera's frame ids."""
     return [(a, b) for a, b in itertools.pairwise(ids) if b != a + 1]
+
+
+def opened(live: Live, camera: str) -> int:
+    """How many times decode opened ``camera`` (its state lines in the log)."""
+    line = re.compile(rf"camera {re.escape(camera)} \(.*\): stopped -> connecting")
+    return len(line.findall(live.log.read_text()))
+
+
+def assert_nothing_lost_to_the_changes(live: Live, camera: str, ids: list[int],
+                                       drops_before: dict[str, int]) -> None:  # fmt: skip
+    """``camera``'s frame ids over the changes have no gap but what the pipeline counted as
+    ``superseded``: its newest-frame-wins policy when the CPU falls behind (this 2-core
+    machine runs other jobs; the count is checked, so an uncounted loss, a restarted decode or
+    any other drop reason fails). On an idle machine that is no gap at all."""
+    time.sleep(1.5)  # the stages report their counters every second
+    drops = live.view(camera)["dropped"]
+    new = {k: n - drops_before.get(k, 0) for k, n in drops.items() if n != drops_before.get(k, 0)}
+    gaps = _consecutive(ids)
+    missing = sum(b - a - 1 for a, b in gaps)
+    assert all(k.endswith("/superseded") for k in new), (new, gaps)
+    assert missing <= sum(new.values()), f"{camera} lost frames uncounted: {gaps}, counted {new}"
+    assert all(b > a for a, b in gaps), f"{camera}'s frame ids went back: {gaps}"
 
 
 def test_writes_need_the_token_and_change_nothing_without_it(live: Live) -> None:
@@ -196,6 +221,7 @@ def test_add_and_remove_over_the_api_leave_the_other_camera_alone(live: Live) ->
     assert body["added"] == ["added"] and body["applied"] is True
     wait_for(lambda: live.length("added") > 0, APPEAR_S - (time.monotonic() - t0),
              "the added camera's first message in Redis")  # fmt: skip
+    print(f"added camera: first message in Redis {time.monotonic() - t0:.2f} s after the POST")
 
     # a new detect_fps: the camera reopens, its frame ids go on where they were
     live.grows("added", 10)
@@ -216,13 +242,13 @@ def test_add_and_remove_over_the_api_leave_the_other_camera_alone(live: Live) ->
 
     ids = live.frame_ids("live1")[start:]
     assert len(ids) > 20
-    assert _consecutive(ids) == [], "live1 lost frames while the others changed"
+    assert_nothing_lost_to_the_changes(live, "live1", ids, drops_before)
     assert stage_pids(live.log)["decode"] == decode_pid  # no stage was restarted
+    assert opened(live, "live1") == 1  # and live1 was never closed or reopened
     assert "restarted" not in live.log.read_text()
     assert live.cameras() == ["live1", "added"]
     added = live.view("added")
     assert added["state"] == "streaming" and added["published"] > 0, added
-    assert live.view("live1")["dropped"] == drops_before  # the pipeline counted no loss either
 
 
 def test_sighup_applies_the_changed_file_and_refuses_an_invalid_one(live: Live) -> None:
@@ -234,6 +260,7 @@ def test_sighup_applies_the_changed_file_and_refuses_an_invalid_one(live: Live) 
     cfg["batching"]["max_wait_ms"] = 20
     live.write(cfg)
     start = live.length("live1")
+    drops_before = live.view("live1")["dropped"]
     live0_before = live.length("live0")
     t0 = time.monotonic()
     live.proc.send_signal(signal.SIGHUP)
@@ -246,7 +273,9 @@ def test_sighup_applies_the_changed_file_and_refuses_an_invalid_one(live: Live) 
     assert "need a restart and are not applied: batching.max_wait_ms" in text
     live.grows("live1", 10)
     ids = live.frame_ids("live1")[start:]
-    assert len(ids) > 10 and _consecutive(ids) == [], "live1 lost frames during the reload"
+    assert len(ids) > 10
+    assert_nothing_lost_to_the_changes(live, "live1", ids, drops_before)
+    assert opened(live, "live1") == 1
 
     # an invalid file: refused, its errors logged, the running cameras kept
     broken = json.loads(json.dumps(cfg))
