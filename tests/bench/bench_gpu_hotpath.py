@@ -46,7 +46,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO)]
 DEMO = REPO / "stages" / "detect" / "models" / "demo.pth"
 VIDEO = REPO.parent / "shared" / "data" / "media" / "car-detection.mp4"
-SCENE_SIZE = (1920, 1080)
 SCENE_FPS = 25.0
 
 
@@ -54,12 +53,13 @@ def result(check: str, **figures: Any) -> None:
     print("RESULT " + json.dumps({"check": check, **figures}, default=float), flush=True)
 
 
-def scenes(work: Path, n: int = 4, seconds: float = 8.0) -> list[Path]:
+def scenes(args: argparse.Namespace, n: int = 4) -> list[Path]:
     from stages.demo.scenes import ensure_scenes
 
     t0 = time.perf_counter()
-    paths = ensure_scenes(work, n, seconds, size=SCENE_SIZE, fps=SCENE_FPS)
-    print(f"scenes: {n} x {seconds:g} s of {SCENE_SIZE[0]}x{SCENE_SIZE[1]}@{SCENE_FPS:g} "
+    w, h = (int(v) for v in args.scene_size.split("x"))
+    paths = ensure_scenes(args.work, n, args.scene_seconds, size=(w, h), fps=SCENE_FPS)
+    print(f"scenes: {n} x {args.scene_seconds:g} s of {w}x{h}@{SCENE_FPS:g} "
           f"({time.perf_counter() - t0:.0f} s to make or find)")  # fmt: skip
     return paths
 
@@ -113,7 +113,7 @@ def bare_fps(backend: Any, batch: np.ndarray, seconds: float = 3.0) -> dict[str,
 
 def cmd_model(args: argparse.Namespace) -> None:
     backend = open_torch(args.weights, args.device, max(args.batch))
-    frames = letterboxed(scenes(args.work), backend.info.input_hw, max(args.batch))
+    frames = letterboxed(scenes(args), backend.info.input_hw, max(args.batch))
     rows = []
     for b in args.batch:
         r = bare_fps(backend, frames[:b], args.seconds)
@@ -131,7 +131,7 @@ def cmd_postprocess(args: argparse.Namespace) -> None:
     from stages.detect.types import NMSParams
 
     backend = open_torch(args.weights, args.device, max(args.batch))
-    frames = letterboxed(scenes(args.work), backend.info.input_hw, max(args.batch))
+    frames = letterboxed(scenes(args), backend.info.input_hw, max(args.batch))
     params = NMSParams()
     rows = []
     for b in args.batch:
@@ -169,7 +169,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from pipeline.config import PipelineConfig
     from pipeline.run import Pipeline
 
-    paths = scenes(args.work)
+    paths = scenes(args)
     (batch,) = args.batch[:1]
     backend = open_torch(args.weights, args.device, batch)
     frames = letterboxed(paths, backend.info.input_hw, batch)
@@ -264,7 +264,7 @@ def cmd_tensorrt(args: argparse.Namespace) -> None:
     print(f"TensorRT {trt.__version__}: engine built (or found) in {build_s:.0f} s: {engine}")
     backend = TensorRTBackend(engine, max_batch=max(args.batch))
     torch_backend = open_torch(args.weights, "cuda", max(args.batch))
-    frames = letterboxed(scenes(args.work), info.input_hw, max(args.batch))
+    frames = letterboxed(scenes(args), info.input_hw, max(args.batch))
     rows = []
     for b in args.batch:
         r = bare_fps(backend, frames[:b], args.seconds)
@@ -370,6 +370,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--preprocess-workers", type=int, default=8)
+    ap.add_argument("--scene-size", default="1920x1080", help="synthetic cameras' WxH")
+    ap.add_argument("--scene-seconds", type=float, default=8.0)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgestream-gpu")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -239,7 +239,8 @@ def _model_like(bsz: int, n: int, c: int, hot: list[float], seed: int,
     scores = torch.rand(bsz, n, c, generator=g) * 0.2  # below conf
     for b, frac in enumerate(hot):
         mask = torch.rand(n, c, generator=g) < frac
-        scores[b][mask] = 0.26 + torch.rand(int(mask.sum()), generator=g) * 0.7
+        k = int(mask.sum())  # distinct scores (no ties: the order is defined)
+        scores[b][mask] = 0.26 + 0.7 * torch.randperm(k, generator=g).float() / max(k, 1)
     return boxes, scores
 
 
@@ -358,3 +359,21 @@ def test_batched_postprocess_equals_super_gradients_on_the_parity_stress_cases()
             np.testing.assert_array_equal(det.scores, expected[:, 4])
             np.testing.assert_array_equal(det.class_ids, expected[:, 5].astype(np.int64))
             np.testing.assert_array_equal(det.boxes, expected[:, :4])
+
+
+@pytest.mark.gpu
+def test_batched_postprocess_on_cuda_equals_both_per_image_paths() -> None:
+    """On the GPU (where `postprocess` batches by default): the batched path on CUDA tensors
+    gives every image the same detections as the per-image path on CUDA, and, for images under
+    the CPU's per-class-path limit (1000 boxes: the CPU and CUDA reference paths differ above
+    it), as the per-image path on the CPU."""
+    hot = [0.0, 1e-4, 5e-4, 1e-3, 0.01, 0.02]  # ~0 .. 13000 candidates of 8400 x 80
+    boxes, scores = _model_like(6, 8400, 80, hot=hot, seed=11)
+    for params in (P, NMSParams(multi_label=False), NMSParams(top_k=100, max_det=50)):
+        cpu = postprocess(boxes, scores, params, batched=False)
+        gpu_per_image = postprocess(boxes.cuda(), scores.cuda(), params, batched=False)
+        gpu_batched = postprocess(boxes.cuda(), scores.cuda(), params)  # the default there
+        for i, (got, a, b) in enumerate(zip(gpu_batched, gpu_per_image, cpu, strict=True)):
+            assert_same_detections(got, a)
+            if hot[i] <= 1e-3 or params.top_k <= 1000:
+                assert_same_detections(got, b)
