@@ -171,17 +171,8 @@ class CameraManager:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self._lock = threading.Lock()
-        self.token: str | None = None
-        self.token_problem: str | None = None
-        self._load_token(sup.cfg)
-
-    def _load_token(self, cfg: PipelineConfig) -> None:
-        try:
-            self.token = load_token(getattr(cfg, "control", None))
-            self.token_problem = None
-        except TokenError as exc:  # writes stay off, and every write answer says why
-            self.token, self.token_problem = None, str(exc)
-            log.error("live camera changes are off: %s", exc)
+        # a token configured but unusable stops the start (TokenError, a ValueError: exit 2)
+        self.token: str | None = load_token(sup.cfg.control)
 
     @property
     def base_dir(self) -> Path | None:
@@ -216,8 +207,6 @@ class CameraManager:
         refused = check_bearer(auth, self.token)
         if refused is not None:
             status, reason = refused
-            if self.token is None and self.token_problem:
-                reason = f"{reason} ({self.token_problem})"
             log.warning("camera change refused (%d): %s", status, reason)
             return status, {"error": reason}
         try:
@@ -306,6 +295,14 @@ class CameraManager:
     def reload(self, why: str = "SIGHUP") -> Answer:
         """Re-read the config file and apply its camera changes; an invalid file is refused
         (its errors logged and returned) and the running config kept."""
+        try:
+            return self._reload(why)
+        except ChangeRefused as exc:
+            log.error("%s: %s; the running config is kept:\n  %s",
+                      why, exc.message, "\n  ".join(exc.errors))  # fmt: skip
+            raise
+
+    def _reload(self, why: str) -> Answer:
         with self._lock:
             sup = self.sup
             if sup.config_path is None:
@@ -319,10 +316,7 @@ class CameraManager:
                 fresh = load_config(sup.config_path)
             except ConfigError as exc:
                 errors = [str(p) for p in getattr(exc, "problems", [str(exc)])]
-                log.error("%s: %s is invalid; the running config is kept:\n  %s",
-                          why, sup.config_path, "\n  ".join(errors))  # fmt: skip
-                raise ChangeRefused(422, errors, f"{sup.config_path} is invalid; kept the "
-                                    "running config") from None  # fmt: skip
+                raise ChangeRefused(422, errors, f"{sup.config_path} is invalid") from None
             if sup.shard is not None:
                 from pipeline.shard import apply_shard
 
@@ -347,12 +341,16 @@ class CameraManager:
                 "control": fresh.control,  # the token is read again below
             }
             new = with_cameras(cfg, update, set(fresh.secrets()))
-            self._load_token(new)
+            try:
+                token = load_token(new.control)  # rotated with the file, or refused with it
+            except TokenError as exc:
+                raise ChangeRefused(422, [str(exc)], "the new token cannot be used") from None
             restart += held
             if restart:
                 log.warning("%s: these changes need a restart and are not applied: %s",
                             why, ", ".join(restart))  # fmt: skip
             status, body = self._apply(new, f"{why}: reloaded {sup.config_path}", check=False)
+            self.token = token
             body["needs_restart"] = restart
             return status, body
 

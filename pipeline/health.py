@@ -13,6 +13,11 @@ pipeline: the supervisor injects two callables, evaluated on every request.
   not loaded"``, ``"redis sink not connected"``); empty means ready. ``/readyz`` answers 200
   or 503 with the reasons. A load balancer or a rollout waits on it.
 
+``api(method, path, headers, body)``, when given, answers every other request (``GET
+/cameras``, ``POST /reload``..., `pipeline.cameras_api`): ``(status, JSON body)``, or None for
+a path it does not serve (404); a body over 64 KiB is 413, an api that raises is 500 with the
+exception's type only.
+
 A callable that raises answers 503 with the exception's type (never its text: it may quote
 a URL with credentials). ``/metrics`` serves a registry in the Prometheus text format; in
 multiprocess mode (`pipeline.metrics.setup_multiprocess`) a fresh aggregating registry is

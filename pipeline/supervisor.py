@@ -284,7 +284,7 @@ class Supervisor:
             try:
                 self.cameras_api.reload(why)
             except ChangeRefused:
-                pass  # logged with its errors by the manager
+                pass  # logged with its reasons by the manager
             except Exception:
                 log.exception("%s: reload failed; the running config is kept", why)
 

@@ -349,3 +349,22 @@ def test_the_cli_prints_refusals_and_exits_1(files: dict[str, Any], capsys: Any)
         assert main(["reload", *args]) == 0  # the file still has a and b: back to them
         assert "added: a" in capsys.readouterr().out
         assert sup.cfg.camera_ids == ["a", "b"]
+
+
+def test_an_unusable_token_stops_the_start_and_a_reload_rotates_it(files: dict[str, Any]) -> None:
+    from pipeline.config import load_config
+
+    (files["dir"] / "token").write_text("short\n")
+    with pytest.raises(TokenError, match="use at least 16"):  # exit 2 before any process
+        CameraManager(FakeSupervisor(load_config(files["path"]), files["path"]))  # type: ignore[arg-type]
+    (files["dir"] / "token").write_text(TOKEN)
+    m, sup = manager(files)
+    (files["dir"] / "token").write_text("short")
+    status, body = call(m, "POST", "/reload")
+    assert status == 422 and "use at least 16" in body["errors"][0]
+    assert m.token == TOKEN and sup.applied == []
+    new = "rotated-token-rotated-token-0123"
+    (files["dir"] / "token").write_text(new)
+    assert call(m, "POST", "/reload")[0] == 200
+    assert call(m, "DELETE", "/cameras/a")[0] == 403  # the old token no longer works
+    assert call(m, "DELETE", "/cameras/a", headers={"Authorization": f"Bearer {new}"})[0] == 200
