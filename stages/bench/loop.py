@@ -8,6 +8,7 @@ and does the same work in one process:
 - one PyAV decode thread per camera: a file is played in real time (and looped), frames are
   sampled at the camera's ``detect_fps`` (`stages.decode.pacing.RatePacer`, as decode does),
   and only the newest sampled frame is kept (a frame not yet taken is replaced: ``superseded``);
+  its capture time is decode's: the sender's RTCP clock on RTSP, else receive wall clock;
 - one inference loop: the oldest of the cameras' newest frames first (one at a time on the CPU,
   where batching buys nothing; up to ``batching.max_batch`` of them per call on a GPU), through
   `stages.detect.detector.Detector` on the backend the pipeline would open
@@ -67,38 +68,52 @@ class Loop:
         import av
 
         from pipeline.config import camera_url_with_password
+        from pipeline.procs import camera_config
+        from stages.decode.opener import configure_video_stream
         from stages.decode.pacing import RatePacer
+        from stages.decode.timestamps import RtcpClock
 
         settings = self.cfg.camera(cam)
         url = camera_url_with_password(settings)
         pacer = RatePacer(settings.detect_fps)
         slot = self.slots[cam]
         while not self.stop.is_set():
+            # capture time as the pipeline takes it: the sender's RTCP clock on RTSP, else ours
+            rtcp = RtcpClock(name=cam) if url.startswith("rtsp") else None
             try:
                 with av.open(url, timeout=(10.0, 10.0)) as container:
-                    stream = container.streams.video[0]
-                    stream.thread_type = "AUTO"
+                    # decoder threads as the pipeline's decode sets them (1 by default: frame
+                    # threading adds a frame of latency per extra thread)
+                    stream = configure_video_stream(container, camera_config(cam, self.cfg))
                     anchor: tuple[float, float] | None = None  # (monotonic, media s)
-                    for frame in container.decode(stream):
-                        if self.stop.is_set():
-                            return
-                        t = float(frame.time or 0.0)
-                        if settings.loop:  # a file played as a live camera
-                            if anchor is None or t < anchor[1]:
-                                anchor = (time.monotonic(), t)
-                            delay = anchor[0] + (t - anchor[1]) - time.monotonic()
-                            if delay > 0 and self.stop.wait(delay):
-                                return
-                        if not pacer.should_forward(t):
+                    for packet in container.demux(stream):
+                        if rtcp is not None:
+                            rtcp.observe_packet(packet)
+                        try:
+                            frames = packet.decode()
+                        except av.error.InvalidDataError:  # a corrupt packet: skip it
                             continue
-                        rgb = frame.to_ndarray(format="rgb24")
-                        with self.cond:
-                            if slot.frame is not None:
-                                slot.superseded += 1
-                            slot.frame, slot.capture_ts = rgb, time.time()
-                            slot.frame_id += 1
-                            slot.offered += 1
-                            self.cond.notify()
+                        for frame in frames:
+                            if self.stop.is_set():
+                                return
+                            t = float(frame.time or 0.0)
+                            if settings.loop:  # a file played as a live camera
+                                if anchor is None or t < anchor[1]:
+                                    anchor = (time.monotonic(), t)
+                                delay = anchor[0] + (t - anchor[1]) - time.monotonic()
+                                if delay > 0 and self.stop.wait(delay):
+                                    return
+                            if not pacer.should_forward(t):
+                                continue
+                            rgb = frame.to_ndarray(format="rgb24")
+                            ts = time.time() if rtcp is None else rtcp.capture_time(t)[0]
+                            with self.cond:
+                                if slot.frame is not None:
+                                    slot.superseded += 1
+                                slot.frame, slot.capture_ts = rgb, ts
+                                slot.frame_id += 1
+                                slot.offered += 1
+                                self.cond.notify()
             except av.error.FFmpegError as exc:
                 log.warning("%s: %s; reopening in 1 s", cam, exc)
                 self.stop.wait(1.0)

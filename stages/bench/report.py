@@ -108,7 +108,7 @@ def now_utc() -> str:
 
 
 def _drops(row: dict[str, Any]) -> str:
-    parts = [f"{reason.split('/', 1)[-1]} {n}" for reason, n in row["drops"].items() if n]
+    parts = [f"{reason} {n}" for reason, n in row["drops"].items() if n]
     return ", ".join(parts) or "0"
 
 

@@ -5,7 +5,8 @@
   played as a live camera (a file source with ``loop: true`` under the live policy: frames
   leave at the file's frame rate, the newest frame wins).
 - a video FILE: every camera plays it the same way.
-- a URL (``rtsp://``, ``http(s)://``): every camera opens it; the source paces itself.
+- a URL (``rtsp://``, ``http(s)://``): every camera opens it (``{index}`` in it becomes the
+  camera's number, 1, 2, ...: one mount per camera); the source paces itself.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ class Source:
         return self.kind != "url"
 
     def camera_urls(self, cameras: int) -> list[str]:
-        return [self.urls[i % len(self.urls)] for i in range(cameras)]
+        """One url per camera: the urls cycled; ``{index}`` in a URL becomes 1, 2, ..."""
+        return [
+            self.urls[i % len(self.urls)].replace("{index}", str(i + 1)) for i in range(cameras)
+        ]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -105,7 +109,12 @@ def probe(path: Path) -> tuple[float, int, int]:
 def sample_frames(source: Source, n: int = 8) -> list[np.ndarray]:
     """The first ``n`` frames (RGB) of the source's first url: real content for the bare
     model, so its postprocess sees as many boxes as in the pipeline."""
-    frames = list(_frames(source.urls[0], n))
+    import av
+
+    try:
+        frames = list(_frames(source.camera_urls(1)[0], n))
+    except av.error.FFmpegError as exc:
+        raise ValueError(f"--source {source.label}: cannot read it ({exc})") from None
     if not frames:
         raise ValueError(f"--source {source.label}: no frame could be decoded")
     return frames

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from stages.bench.measure import accounting, read_jsonl, window_stats
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "media" / "car-detection.mp4"
@@ -123,39 +123,23 @@ def run_pipeline(model: Path, video: Path, cameras: int, detect_fps: float, seco
     finally:
         code = pipe.stop()
     stats = pipe.stats()
-    lines = [json.loads(x) for p in sorted(out.glob("*.jsonl")) for x in p.read_text().splitlines()]
-    window = [d for d in lines if d.get("type") == "detections" and t0 <= d["publish_ts"] < t1]
-    latency = np.array([d["latency_ms"]["publish"] for d in window], np.float64)
-    per_cam = {f"cam{i}": 0 for i in range(cameras)}
-    for d in window:
-        per_cam[d["camera"]] += 1
-    cams = stats["cameras"]
-    decode_in = sum(  # what the cameras handed to decode's sender: sent, or dropped there
-        c["sent"] + sum(k for r, k in c["dropped"].items() if r.startswith("decode/"))
-        for c in cams.values()
-    )
-    published = sum(c["published"] for c in cams.values())
-    drops: dict[str, int] = {}
-    for c in cams.values():
-        for reason, k in c["dropped"].items():
-            drops[reason] = drops.get(reason, 0) + k
+    # one definition of the window figures and of the accounting: stages/bench/measure.py
+    docs = read_jsonl(out)
+    window = window_stats(docs, [f"cam{i}" for i in range(cameras)], t0, t1)
+    acc = accounting(stats["cameras"])
     return {
         "exit": code,
         "window_s": t1 - t0,
-        "fps": len(window) / (t1 - t0),
-        "fps_per_camera": {k: v / (t1 - t0) for k, v in per_cam.items()},
-        "latency_ms": {
-            "p50": float(np.percentile(latency, 50)) if latency.size else None,
-            "p95": float(np.percentile(latency, 95)) if latency.size else None,
-            "max": float(latency.max()) if latency.size else None,
-        },
+        "fps": window["fps"],
+        "fps_per_camera": window["fps_per_camera"],
+        "latency_ms": window["latency_ms"],
         "mean_batch": stats["batches"].get("mean_size"),
         "batch_ms": stats["batches"].get("mean_ms"),
-        "decode_in": decode_in,
-        "published": published,
-        "drops": drops,
-        "unaccounted": decode_in - published - sum(drops.values()),
-        "lines": sum(1 for d in lines if d.get("type") == "detections"),
+        "decode_in": acc["offered"],  # what decode took in: sent, or dropped there
+        "published": acc["published"],
+        "drops": acc["drops"],
+        "unaccounted": acc["unaccounted"],
+        "lines": len(docs),
     }
 
 
