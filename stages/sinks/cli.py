@@ -229,6 +229,13 @@ def _row(doc: dict[str, Any]) -> str:
             f"{clock}.{ms:03d}  {doc['camera']:<16} frame {doc['frame_id']:>8}  "
             f"{doc['kind']:<9} track {doc['track_id']:>6}  {doc['class_name']}"
         )
+    if doc.get("type") == "analytics_event":  # zone_enter, zone_exit (dwell), line_cross
+        where = doc.get("line") or doc.get("zone")
+        extra = doc.get("direction") or (f"{doc['dwell_s']:.1f} s" if "dwell_s" in doc else "")
+        return (
+            f"{clock}.{ms:03d}  {doc['camera']:<16} frame {doc['frame_id']:>8}  "
+            f"{doc['kind']:<10} {where} {extra}  track {doc['track_id']}  {doc['class_name']}"
+        )
     objects = doc.get("objects", [])
     classes = Counter(o["class_name"] for o in objects).most_common(4)
     summary = " ".join(f"{name}x{n}" for name, n in classes)

@@ -137,3 +137,13 @@ def test_jsonl_sink_writes_the_events(tmp_path: Path) -> None:
         ["line_cross", "zone_enter"],
     )
     assert sink.stats()["events_published"] == 2
+
+
+def test_tail_prints_zone_and_line_events() -> None:
+    from stages.sinks.cli import _row
+
+    frame = crossing_frames()
+    docs = [d for f in frame for d in f.analytics_json_dicts(T0 + 100)]
+    rows = [_row(d) for d in docs]
+    assert any("line_cross door in  track 5  person" in r for r in rows), rows
+    assert any("zone_enter right" in r for r in rows), rows
