@@ -30,12 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import (
-    CameraEntry,
-    CameraSettings,
-    camera_url_with_password,
-    resolve_device,
-)
+from pipeline.config import resolve_device
 from pipeline.edges import EdgePlan
 from pipeline.flags import RunFlags
 from pipeline.messages import Message
@@ -44,7 +39,7 @@ from pipeline.runner import StageCounters, run_stage
 from pipeline.stats import Reporter
 
 if TYPE_CHECKING:
-    from pipeline.config import PipelineConfig
+    from pipeline.config import CameraEntry, CameraSettings, PipelineConfig
     from stages.decode.config import CameraConfig
     from stages.detect.types import NMSParams
     from stages.sinks.config import JsonlSinkConfig
@@ -163,8 +158,10 @@ _CONNECT_WAIT_S = 10.0
 
 
 def camera_config(camera: CameraEntry | CameraSettings | str, cfg: PipelineConfig) -> CameraConfig:
-    """`stages.decode.CameraConfig` for one camera (entry, effective settings or id)."""
-    from stages.decode.config import CameraConfig
+    """`stages.decode.CameraConfig` for one camera (entry, effective settings or id): its
+    decode settings as they are, the url with the password file's password, its live policy."""
+    from pipeline.config import CameraEntry, camera_url_with_password
+    from stages.decode.config import CameraConfig, DecodeSettings
 
     if isinstance(camera, str):
         settings = cfg.camera(camera)
@@ -172,24 +169,11 @@ def camera_config(camera: CameraEntry | CameraSettings | str, cfg: PipelineConfi
         settings = cfg.camera(camera.id)
     else:
         settings = camera
-    return CameraConfig(
+    # already validated (and ${VAR} substituted) when the config was loaded
+    return CameraConfig.model_construct(
+        **settings.model_dump(include=set(DecodeSettings.model_fields)),
         url=camera_url_with_password(settings),
-        transport=settings.transport,
-        loop=settings.loop,
         realtime=settings.realtime,
-        detect_fps=settings.detect_fps,
-        open_timeout_s=settings.open_timeout_s,
-        read_timeout_s=settings.read_timeout_s,
-        stall_timeout_s=settings.stall_timeout_s,
-        first_frame_timeout_s=settings.first_frame_timeout_s,
-        backoff_min_s=settings.backoff_min_s,
-        backoff_max_s=settings.backoff_max_s,
-        backoff_jitter=settings.backoff_jitter,
-        backoff_reset_s=settings.backoff_reset_s,
-        hwaccel=settings.hwaccel,
-        decoder_threads=settings.decoder_threads,
-        decoder_thread_type=settings.decoder_thread_type,
-        options=dict(settings.options),
     )
 
 

@@ -5,14 +5,16 @@ The package, one module per concern (each well under 400 lines):
 * `base`: errors, ``${VAR}`` substitution, paths, the strict base model, shared names;
 * `errors`: pydantic errors as ``key.path: message`` lines (did-you-mean hints);
 * `runtime`: transport (edges, CURVE), metrics, logging;
-* `cameras`, `detect`: stage sections not yet moved to their stage;
+* `cameras`: what every camera inherits (the decode stage's `DecodeSettings` and the later
+  stages' per-camera settings), an entry of `cameras`, their merge;
+* `detect`: the detect sections (not yet moved to their stage);
 * `pipeline`: `PipelineConfig`, every section together (the stages' own models, e.g.
   `stages.track.config.TrackerSection`, `stages.sinks.config.SinksConfig`), cross-checks,
   secrets;
 * `loading`: `load_config`, `validate_config`, `quick_config`.
 
-`pipeline` and `loading` import the stages' config models; they are loaded on first use of
-their names (`PipelineConfig`, `load_config`...), so ``import pipeline.config`` loads no stage.
+`cameras`, `pipeline` and `loading` import the stages' config models; they are loaded on first
+use of their names (`PipelineConfig`, `load_config`...), so ``import pipeline.config`` loads no stage.
 
 Every model forbids unknown keys, every field says its unit and bounds. Read a file with
 `load_config`; build one without YAML with `quick_config` (``edgestream run --camera ...``).
@@ -63,14 +65,6 @@ from pipeline.config.base import (
     expand_env,
     read_secret_file,
 )
-from pipeline.config.cameras import (
-    CameraDefaults,
-    CameraEntry,
-    CameraSettings,
-    camera_url_with_password,
-    parse_camera_arg,
-    url_kind,
-)
 from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig, resolve_device
 from pipeline.config.errors import format_errors
 from pipeline.config.runtime import (
@@ -85,6 +79,14 @@ from pipeline.config.runtime import (
 )
 
 if TYPE_CHECKING:
+    from pipeline.config.cameras import (
+        CameraDefaults,
+        CameraEntry,
+        CameraSettings,
+        camera_url_with_password,
+        parse_camera_arg,
+        url_kind,
+    )
     from pipeline.config.loading import (
         default_jsonl_path,
         load_config,
@@ -99,6 +101,12 @@ if TYPE_CHECKING:
 # The composed config imports the stages' config models: loaded on first use, so importing
 # `pipeline.config` (the runtime core does) loads no stage.
 _COMPOSED = {
+    "CameraDefaults": "pipeline.config.cameras",
+    "CameraEntry": "pipeline.config.cameras",
+    "CameraSettings": "pipeline.config.cameras",
+    "camera_url_with_password": "pipeline.config.cameras",
+    "parse_camera_arg": "pipeline.config.cameras",
+    "url_kind": "pipeline.config.cameras",
     "PipelineConfig": "pipeline.config.pipeline",
     "TrackerSection": "pipeline.config.pipeline",
     "load_config": "pipeline.config.loading",

@@ -175,7 +175,9 @@ WeightsFile = Annotated[Path, BeforeValidator(_expand), AfterValidator(_weights_
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=False, hide_input_in_errors=True
+    )
 
     def __repr_args__(self) -> Any:
         # repr() and str() end up in logs and tracebacks: never show a credential there.

@@ -1,4 +1,8 @@
-"""Camera settings: `camera_defaults`, one entry of `cameras`, and their merge."""
+"""Camera settings: `camera_defaults`, one entry of `cameras`, and their merge.
+
+Composes the decode stage's own `DecodeSettings` (so, like `pipeline` and `loading`, this is
+config wiring: `pipeline.config` exports its names lazily).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +22,7 @@ from pydantic import (
 from pipeline.config.base import (
     CAMERA_ID_PATTERN,
     ConfigProblems,
-    EnvStr,
     ExistingFile,
-    StrictModel,
     _check_files,
     _expand,
     _resolve_path,
@@ -28,101 +30,17 @@ from pipeline.config.base import (
 )
 from pipeline.config.zones import Lines, Zones
 from pipeline.redact import redact_url
+from stages.decode.config import DecodeSettings, url_kind
 
 
-class CameraDefaults(StrictModel):
-    """Decode settings shared by every camera (`stages.decode.CameraConfig`, less the url).
+class CameraDefaults(DecodeSettings):
+    """What every camera inherits: its decode settings (`stages.decode.config.DecodeSettings`,
+    declared there once) and the per-camera settings of the later stages (frame rate for the
+    tracker, class filter, zones and lines).
 
     Any camera entry may set any of these again for itself.
     """
 
-    transport: Literal["tcp", "udp"] = Field(
-        default="tcp",
-        description="RTSP lower transport: tcp (no packet loss, works through NAT; default) or "
-        "udp (lowest latency on a clean LAN, loses packets under load). Ignored for other sources.",
-    )
-    loop: bool = Field(
-        default=False, description="File sources only: restart at end of file instead of ending."
-    )
-    detect_fps: float | None = Field(
-        default=None,
-        gt=0,
-        le=1000,
-        description="Forward at most this many frames per second to detection (frames/s, "
-        "0 < fps <= 1000), spread over the stream's timeline; null forwards every frame.",
-    )
-    open_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        le=600,
-        description="Bound on connecting up to the first packet (s, 0 < t <= 600).",
-    )
-    read_timeout_s: float = Field(
-        default=5.0,
-        gt=0,
-        le=600,
-        description="Bound on one blocking demuxer read (s, 0 < t <= 600).",
-    )
-    stall_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        le=600,
-        description="No decoded frame for this long while streaming marks the camera stalled "
-        "and reconnects (s, 0 < t <= 600).",
-    )
-    first_frame_timeout_s: float = Field(
-        default=20.0,
-        gt=0,
-        le=600,
-        description="After connecting, how long packets may flow without a decodable frame "
-        "(s, 0 < t <= 600); longer than the stall timeout for long-GOP cameras.",
-    )
-    backoff_min_s: float = Field(
-        default=1.0,
-        gt=0,
-        le=3600,
-        description="First reconnect delay (s, 0 < t <= 3600); doubles per failure.",
-    )
-    backoff_max_s: float = Field(
-        default=30.0,
-        gt=0,
-        le=3600,
-        description="Longest reconnect delay (s, 0 < t <= 3600, >= backoff_min_s).",
-    )
-    backoff_jitter: float = Field(
-        default=0.2,
-        ge=0,
-        lt=1,
-        description="Relative random jitter on each reconnect delay (fraction, 0 <= j < 1), so "
-        "cameras behind one failed switch do not reconnect in lock-step.",
-    )
-    backoff_reset_s: float = Field(
-        default=10.0,
-        ge=0,
-        le=3600,
-        description="Streaming this long resets the reconnect delay to the minimum (s, 0..3600).",
-    )
-    hwaccel: EnvStr | None = Field(
-        default=None,
-        description="FFmpeg hardware decoder device type (cuda, vaapi, qsv...); null decodes in "
-        "software. Falls back to software once, with a warning, when unavailable.",
-    )
-    decoder_threads: int = Field(
-        default=1,
-        ge=0,
-        le=64,
-        description="FFmpeg decoder threads per camera (count, 0..64; 0 lets FFmpeg choose). "
-        "1 suits many cameras per host; each extra frame thread adds a frame of latency.",
-    )
-    decoder_thread_type: Literal["auto", "frame", "slice"] = Field(
-        default="auto",
-        description="FFmpeg threading: auto (frame + slice), frame or slice (no latency).",
-    )
-    options: dict[str, EnvStr] = Field(
-        default_factory=dict,
-        description="Extra FFmpeg demuxer options passed as they are (strings); a camera's "
-        "options are merged over these key by key.",
-    )
     frame_rate_hz: float | None = Field(
         default=None,
         gt=0,
@@ -147,28 +65,8 @@ class CameraDefaults(StrictModel):
         "usually set per camera. See pipeline.config.zones.LineConfig.",
     )
 
-    @model_validator(mode="after")
-    def _backoff_order(self) -> CameraDefaults:
-        if self.backoff_max_s < self.backoff_min_s:
-            raise ConfigProblems(
-                [(("backoff_max_s",), f"must be >= backoff_min_s ({self.backoff_min_s})")]
-            )
-        return self
-
 
 _DEFAULT_FIELDS = tuple(CameraDefaults.model_fields)
-
-
-def url_kind(url: str) -> Literal["rtsp", "http", "file", "v4l2"]:
-    """Which opener serves ``url`` (the same rule as `stages.decode.CameraConfig.kind`)."""
-    lower = url.lower()
-    if lower.startswith(("rtsp://", "rtsps://")):
-        return "rtsp"
-    if lower.startswith(("http://", "https://")):
-        return "http"
-    if lower.startswith("v4l2://") or lower.startswith("/dev/video"):
-        return "v4l2"
-    return "file"
 
 
 def _camera_url(value: str, info: ValidationInfo) -> str:

@@ -1,4 +1,9 @@
-"""Per-camera decode configuration: one frozen dataclass, validated where it is built.
+"""Per-camera decode settings: one pydantic model, the single definition of each setting.
+
+`DecodeSettings` is what ``camera_defaults`` (and any camera entry) of the pipeline config
+holds for decoding, as it is; `CameraConfig` is one source as this stage opens it (the url with
+its password inserted, and the live policy). Schema only: loading a config does not load the
+decoder.
 
 Every duration is in seconds (``*_s``) and every rate in frames per second. Defaults suit a
 live IP camera on a LAN; tests shrink the timeouts and backoffs.
@@ -7,19 +12,130 @@ live IP camera on a LAN; tests shrink the timeouts and backoffs.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from pipeline.redact import redact_url
+from pydantic import Field, ValidationInfo, field_validator
+
+from pipeline.config.base import EnvStr, StrictModel
 
 Transport = Literal["tcp", "udp"]
 SourceKind = Literal["rtsp", "http", "file", "v4l2"]
 ThreadType = Literal["auto", "frame", "slice"]
 
 
-@dataclass(frozen=True)
-class CameraConfig:
+def url_kind(url: str) -> SourceKind:
+    """Which opener serves ``url``: rtsp[s]://, http(s)://, a V4L2 device, else a file."""
+    lower = url.lower()
+    if lower.startswith(("rtsp://", "rtsps://")):
+        return "rtsp"
+    if lower.startswith(("http://", "https://")):
+        return "http"
+    if lower.startswith("v4l2://") or lower.startswith("/dev/video"):
+        return "v4l2"
+    return "file"
+
+
+class DecodeSettings(StrictModel):
+    """How one camera is read and decoded (``camera_defaults``; any camera may override)."""
+
+    transport: Literal["tcp", "udp"] = Field(
+        default="tcp",
+        description="RTSP lower transport: tcp (no packet loss, works through NAT; default) or "
+        "udp (lowest latency on a clean LAN, loses packets under load). Ignored for other sources.",
+    )
+    loop: bool = Field(
+        default=False, description="File sources only: restart at end of file instead of ending."
+    )
+    detect_fps: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="Forward at most this many frames per second to detection (frames/s, "
+        "0 < fps <= 1000), spread over the stream's timeline; null forwards every frame.",
+    )
+    open_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Bound on connecting up to the first packet (s, 0 < t <= 600).",
+    )
+    read_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Bound on one blocking demuxer read (s, 0 < t <= 600).",
+    )
+    stall_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="No decoded frame for this long while streaming marks the camera stalled "
+        "and reconnects (s, 0 < t <= 600).",
+    )
+    first_frame_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=600,
+        description="After connecting, how long packets may flow without a decodable frame "
+        "(s, 0 < t <= 600); longer than the stall timeout for long-GOP cameras.",
+    )
+    backoff_min_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="First reconnect delay (s, 0 < t <= 3600); doubles per failure.",
+    )
+    backoff_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest reconnect delay (s, 0 < t <= 3600, >= backoff_min_s).",
+    )
+    backoff_jitter: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="Relative random jitter on each reconnect delay (fraction, 0 <= j < 1), so "
+        "cameras behind one failed switch do not reconnect in lock-step.",
+    )
+    backoff_reset_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="Streaming this long resets the reconnect delay to the minimum (s, 0..3600).",
+    )
+    hwaccel: EnvStr | None = Field(
+        default=None,
+        description="FFmpeg hardware decoder device type (cuda, vaapi, qsv...); null decodes in "
+        "software. Falls back to software once, with a warning, when unavailable.",
+    )
+    decoder_threads: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="FFmpeg decoder threads per camera (count, 0..64; 0 lets FFmpeg choose). "
+        "1 suits many cameras per host; each extra frame thread adds a frame of latency.",
+    )
+    decoder_thread_type: Literal["auto", "frame", "slice"] = Field(
+        default="auto",
+        description="FFmpeg threading: auto (frame + slice), frame or slice (no latency).",
+    )
+    options: dict[str, EnvStr] = Field(
+        default_factory=dict,
+        description="Extra FFmpeg demuxer options passed as they are (strings); a camera's "
+        "options are merged over these key by key.",
+    )
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        low = info.data.get("backoff_min_s")
+        if low is not None and value < low:
+            raise ValueError(f"must be >= backoff_min_s ({low})")
+        return value
+
+
+class CameraConfig(DecodeSettings):
     """How to open, decode, pace and supervise one camera.
 
     Attributes:
@@ -66,54 +182,15 @@ class CameraConfig:
             ``input_format``; HTTP ``headers``). They override the ones built here.
     """
 
-    url: str
-    transport: Transport = "tcp"
-    loop: bool = False
-    realtime: bool = True
-    detect_fps: float | None = None
-    open_timeout_s: float = 10.0
-    read_timeout_s: float = 5.0
-    stall_timeout_s: float = 10.0
-    first_frame_timeout_s: float = 20.0
-    backoff_min_s: float = 1.0
-    backoff_max_s: float = 30.0
-    backoff_jitter: float = 0.2
-    backoff_reset_s: float = 10.0
-    hwaccel: str | None = None
-    decoder_threads: int = 1
-    decoder_thread_type: ThreadType = "auto"
-    options: Mapping[str, str] = field(default_factory=dict)
+    url: str = Field(..., min_length=1, description="The url to open (may hold a password).")
+    realtime: bool = Field(
+        default=True, description="Live policy: drop the oldest (true) or block (false)."
+    )
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        if not self.url:
-            problems.append("url is empty")
-        if self.transport not in ("tcp", "udp"):
-            problems.append(f"transport must be 'tcp' or 'udp', not {self.transport!r}")
-        if self.detect_fps is not None and not self.detect_fps > 0:
-            problems.append(f"detect_fps must be > 0 or None, not {self.detect_fps}")
-        for name in (
-            "open_timeout_s",
-            "read_timeout_s",
-            "stall_timeout_s",
-            "first_frame_timeout_s",
-            "backoff_min_s",
-        ):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, not {getattr(self, name)}")
-        if self.backoff_max_s < self.backoff_min_s:
-            problems.append(
-                f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_min_s "
-                f"({self.backoff_min_s})"
-            )
-        if not 0 <= self.backoff_jitter < 1:
-            problems.append(f"backoff_jitter must be in [0, 1), not {self.backoff_jitter}")
-        if self.decoder_threads < 0:
-            problems.append(f"decoder_threads must be >= 0, not {self.decoder_threads}")
-        if self.decoder_thread_type not in ("auto", "frame", "slice"):
-            problems.append(f"decoder_thread_type {self.decoder_thread_type!r} is not valid")
-        if problems:
-            raise ValueError(f"camera {redact_url(self.url)}: " + "; ".join(problems))
+    def __init__(self, url: str | None = None, /, **data: Any) -> None:
+        if url is not None:
+            data["url"] = url
+        super().__init__(**data)
 
     @property
     def kind(self) -> SourceKind:

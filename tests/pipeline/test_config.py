@@ -422,6 +422,7 @@ def test_schema_formats() -> None:
         "max_wait_ms": 10.0,
         "slots_per_camera": 1,
         "max_frame_age_ms": 500.0,
+        "calibrate": True,
     }
     md = config_cli.render_schema("markdown")
     assert "| `max_batch` | integer | `8` | >= 1, <= 64 |" in md

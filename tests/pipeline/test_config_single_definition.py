@@ -18,14 +18,18 @@ REPO = Path(__file__).resolve().parents[2]
 # Not yet owned by their stage (still a pipeline section plus a stage dataclass fed by a
 # converter in pipeline/procs.py). Remove a pair when its stage owns the model.
 KNOWN = {
-    ("cameras.py:CameraDefaults", "decode/config.py:CameraConfig"),
     ("detect.py:BatchingConfig", "detect/stage.py:DetectStageConfig"),
 }
 # Stage classes that hold settings are named so (facts such as ModelInfo are not settings).
 SETTINGS_SUFFIXES = ("Config", "Section", "Settings", "Params")
 MIN_SHARED = 4
 # The stages' config modules the pipeline config composes (schema only).
-COMPOSED = ("stages/track/config.py", "stages/sinks/config.py", "stages/sinks/redis/config.py")
+COMPOSED = (
+    "stages/decode/config.py",
+    "stages/track/config.py",
+    "stages/sinks/config.py",
+    "stages/sinks/redis/config.py",
+)
 
 
 def _fields(path: Path) -> dict[str, set[str]]:
