@@ -14,7 +14,8 @@ model, the Redis sink) serves every test of this module, in order:
 * SIGHUP after the file changed applies the difference the same way (one camera added, one
   removed, the untouched one keeps its frame ids consecutive) and reports the non-camera
   change as needing a restart; an invalid file is refused with its errors (log and POST
-  /reload) and the running cameras are kept.
+  /reload) and the running cameras are kept;
+* a decode process killed after the changes is restarted with the cameras of now.
 
 Plus, in memory: a removed camera's tracker is dropped at its end marker, so the camera added
 again gets new track ids.
@@ -291,6 +292,21 @@ def test_sighup_applies_the_changed_file_and_refuses_an_invalid_one(live: Live) 
     live.grows("hup", 10)
     live.grows("live0", 10)
     assert live.proc.poll() is None
+
+
+def test_a_restarted_decode_runs_the_changed_camera_list(live: Live) -> None:
+    """The supervisor restarts a killed decode with the cameras of now (live1 and hup, the
+    latter added by the reload), not those it started with (live0 and live1)."""
+    assert live.call("DELETE", "/cameras/live0")[0] == 200
+    live.stopped("live0")
+    os.kill(stage_pids(live.log)["decode"], signal.SIGKILL)
+    wait_for(lambda: "decode restarted" in live.log.read_text(), 60, "the decode restart")
+    live.grows("hup", 30)
+    live.grows("live1", 30)
+    before = live.length("live0")
+    time.sleep(3)
+    assert live.length("live0") == before  # not brought back by the restart
+    assert live.cameras() == ["live1", "hup"]
 
 
 def test_a_removed_camera_starts_with_new_track_ids_when_added_again() -> None:
