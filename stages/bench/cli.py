@@ -398,7 +398,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         "model": model_label(cfg),
         "machine": report.machine(),
         "date": report.now_utc(),
-        "command": "edgestream " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None,
+        "command": "edgestream " + shlex.join(sys.argv[1:]),
         "window_s": args.seconds,
         "bare_model": {"before": bare_before, "after": bare_after, "mean": bare, "ceiling": top},
         "rows": rows["edgestream"],

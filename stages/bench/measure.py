@@ -3,7 +3,8 @@
 - `read_jsonl` / `read_redis`: the detections documents the run published (schema v1), as a
   consumer reads them.
 - `window_stats`: over the steady window, frames published per second (in total and per
-  camera) and capture→publish latency percentiles (each document's ``latency_ms.publish``).
+  camera), capture→publish latency percentiles (each document's ``latency_ms.publish``) and
+  the median time from capture to the end of each stage (the rest of ``latency_ms``).
 - `accounting`: from the stages' counters at the end (`Pipeline.stats()["cameras"]`, or the
   loop's, same shape): frames offered (decode took them in, after ``detect_fps``) = published
   + every counted drop, by ``stage/reason``; ``unaccounted`` is what neither explains (0 in a
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-Doc = tuple[str, float, float]  # camera, publish_ts (unix s), capture→publish latency (ms)
+# camera, publish_ts (unix s), capture→publish latency (ms), ms from capture to each stage's end
+Doc = tuple[str, float, float, dict[str, float]]
 
 
 def docs_from_lines(lines: Iterable[str | bytes]) -> list[Doc]:
@@ -34,9 +36,8 @@ def docs_from_lines(lines: Iterable[str | bytes]) -> list[Doc]:
     for line in lines:
         doc = json.loads(line)
         if doc.get("type") == "detections":
-            out.append(
-                (doc["camera"], float(doc["publish_ts"]), float(doc["latency_ms"]["publish"]))
-            )
+            stages = doc["latency_ms"]
+            out.append((doc["camera"], float(doc["publish_ts"]), float(stages["publish"]), stages))
     return out
 
 
@@ -91,16 +92,21 @@ def window_stats(
     span = max(1e-9, t1 - t0)
     per_cam = dict.fromkeys(cameras, 0)
     latency = []
-    for cam, ts, ms in docs:
+    stages: dict[str, list[float]] = {}
+    for cam, ts, ms, since_capture in docs:
         if t0 <= ts < t1:
             per_cam[cam] = per_cam.get(cam, 0) + 1
             latency.append(ms)
+            for stage, v in since_capture.items():
+                stages.setdefault(stage, []).append(float(v))
     return {
         "window_s": round(span, 2),
         "frames": len(latency),
         "fps": round(len(latency) / span, 2),
         "fps_per_camera": {k: round(v / span, 2) for k, v in per_cam.items()},
         "latency_ms": percentiles(latency),
+        # median ms from capture to the end of each stage, in pipeline order: where time goes
+        "stages_p50_ms": {k: round(float(np.median(v)), 1) for k, v in stages.items()},
     }
 
 

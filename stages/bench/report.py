@@ -189,6 +189,14 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             f"{eff['cameras']} cameras at every frame (offered {eff.get('offered_fps', 0):.0f}/s) "
             f"/ {c['fps']:.1f} frames/s of the bare model (batch {c['batch']})"
         )
+    for r in (s["rows"][:1], (base or {}).get("rows", [])[:1]):
+        stages = r[0].get("stages_p50_ms") if r else None
+        if stages:
+            path = " -> ".join(f"{k} {v:.0f}" for k, v in stages.items())
+            lines.append(
+                f"{r[0]['system']} at {r[0]['cameras']} camera(s), median ms from "
+                f"capture to the end of each stage: {path}"
+            )
     for r in [*s["rows"], *((base or {}).get("rows", []))]:
         if r.get("unaccounted"):
             lines.append(

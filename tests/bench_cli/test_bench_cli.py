@@ -39,6 +39,10 @@ def _check_row(row: dict[str, Any], cameras: int, bound: float, rate: float | No
     lat = row["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert row["cpu_cores"] > 0 and row["rss_mb"] > 0
+    # where the time goes: ms since capture at the end of each stage, in order, ending at publish
+    stages = row["stages_p50_ms"]
+    assert list(stages)[-1] == "publish" and stages["publish"] == lat["p50"]
+    assert list(stages.values()) == sorted(stages.values())
     # the verdict follows from the row's own figures and the bound
     slow = rate is not None and min(row["fps_per_camera"].values()) < report.RATE_SHARE * rate
     assert row["held"] == (lat["p95"] <= bound and not slow and not row["exit"]), row
