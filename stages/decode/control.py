@@ -8,9 +8,10 @@ differ — the other cameras' threads, the sender and the sockets go on as they 
 * an added camera: a new `CameraSource` on the feeder, started at once;
 * a removed camera: its source is stopped; its state goes to ``stopped``, so the feeder sends
   its end marker after its last frame (downstream: the track stage drops its tracker there);
-* a changed camera (URL, detect_fps, timeouts...): stopped like a removed one, then a new
-  source with the new settings whose frame ids continue where the old one's ended (one
-  camera, one frame-id sequence in its stream).
+* a changed camera (URL, detect_fps, timeouts...): stopped like a removed one, then, once its
+  end marker went out (so its tracker is dropped before the new frames), a new source with the
+  new settings whose frame ids continue where the old one's ended (one camera, one frame-id
+  sequence in its stream).
 
 Stopping waits for the source's thread (bounded by its read and open timeouts); every camera
 that must stop is asked at once, so several changes cost one wait, not one each.
@@ -19,6 +20,7 @@ that must stop is asked at once, so several changes cost one wait, not one each.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +30,8 @@ from stages.decode.config import CameraConfig
 from stages.decode.source import CameraSource
 
 log = logging.getLogger("edgestream.decode")
+
+END_WAIT_S = 2.0  # bound on waiting for a reopened camera's old end marker to be sent
 
 
 class CameraControl:
@@ -83,6 +87,10 @@ class CameraControl:
             feeder.sources.remove(src)
             if src.camera_id in removed:
                 log.info("camera %s (%s): removed", src.camera_id, src.safe_url)
+        deadline = time.monotonic() + END_WAIT_S
+        for cid in changed:  # its old end goes out first: no new frame ahead of it
+            while feeder.end_pending(cid) and time.monotonic() < deadline:
+                time.sleep(0.01)
         for cid in changed + added:
             old = running.get(cid)
             feeder.configs[cid] = wanted[cid]

@@ -133,6 +133,12 @@ class DecodeFeeder:
                 self._fifo.append((camera_id, _END))
                 self._cv.notify_all()
 
+    def end_pending(self, camera_id: str) -> bool:
+        """Whether an end marker of ``camera_id`` still waits to be sent (live camera control
+        reopens a camera only after its old end went out: `stages.decode.control`)."""
+        with self._cv:
+            return any(c == camera_id and p == _END for c, p in self._fifo)
+
     # ------------------------------------------------------------------ sender thread
     def _send_loop(self) -> None:
         while True:

@@ -17,8 +17,10 @@ model, the Redis sink) serves every test of this module, in order:
   /reload) and the running cameras are kept;
 * a decode process killed after the changes is restarted with the cameras of now.
 
-Plus, in memory: a removed camera's tracker is dropped at its end marker, so the camera added
-again gets new track ids.
+Plus, without the other stages: decode's camera control on the real feeder (a changed
+camera's end marker goes out before its new frames, frame ids and seqs go on, the untouched
+camera is never reopened), and a removed camera's tracker is dropped at its end marker, so the
+camera added again gets new track ids.
 """
 
 from __future__ import annotations
@@ -307,6 +309,72 @@ def test_a_restarted_decode_runs_the_changed_camera_list(live: Live) -> None:
     time.sleep(3)
     assert live.length("live0") == before  # not brought back by the restart
     assert live.cameras() == ["live1", "hup"]
+
+
+class _Edge:
+    """A frames edge that takes everything (what `DecodeFeeder` uses of a `Sender`)."""
+
+    stop = None
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return True
+
+    def send(self, msg: Any, block: bool = True) -> bool:
+        self.sent.append(msg)
+        return True
+
+
+def test_decode_control_opens_closes_and_reopens_one_camera_in_place(shared_data: Path) -> None:
+    """The decode side alone: the real feeder and camera threads on the file played in real
+    time. A changed camera's end marker goes out before any frame of its new source, whose
+    frame ids go on; a removed one ends; the untouched one is never reopened."""
+    from pipeline.messages import EndMsg, FrameMsg
+    from stages.decode.config import CameraConfig
+    from stages.decode.control import CameraControl
+    from stages.decode.feeder import DecodeFeeder
+
+    video = str(shared_data / "media" / VIDEO)
+    cfg = CameraConfig(url=video, loop=True)
+    edge = _Edge()
+    feeder = DecodeFeeder([("keep", cfg), ("gone", cfg)], edge)  # type: ignore[arg-type]
+    control = CameraControl(feeder, None, lambda c: c)
+    keep = feeder.sources[0]
+    feeder.start()
+    try:
+
+        def frames(cam: str) -> list[FrameMsg]:
+            return [m for m in list(edge.sent) if isinstance(m, FrameMsg) and m.camera_id == cam]
+
+        wait_for(lambda: len(frames("keep")) > 5 and len(frames("gone")) > 5, 30, "frames")
+        changes = control.apply([("keep", cfg), ("gone", cfg), ("new", cfg)])
+        assert changes == {"added": ["new"], "removed": [], "changed": []}
+        wait_for(lambda: len(frames("new")) > 5, 30, "the added camera's frames")
+        patched = CameraConfig(url=video, loop=True, detect_fps=5)
+        changes = control.apply([("keep", cfg), ("new", patched)])
+        assert changes == {"added": [], "removed": ["gone"], "changed": ["new"]}
+        n = len(frames("new"))
+        wait_for(lambda: len(frames("new")) > n + 5, 30, "the reopened camera's frames")
+        wait_for(lambda: len(frames("keep")) > 60, 30, "more frames of the untouched camera")
+    finally:
+        feeder.stop()
+    assert feeder.sources[0] is keep  # never closed or reopened
+    ids = [m.frame_id for m in frames("keep")]
+    missing = sum(b - a - 1 for a, b in _consecutive(ids))  # in order, none lost uncounted
+    assert ids == sorted(ids) and missing <= feeder.counters.dropped[("keep", "superseded")]
+    sent = [m for m in edge.sent if m.camera_id == "new"]
+    ends = [i for i, m in enumerate(sent) if isinstance(m, EndMsg)]
+    assert len(ends) == 1  # the old source's end: the new one was stopped by shutdown
+    old, new = sent[: ends[0]], sent[ends[0] + 1 :]
+    assert sent[ends[0]].last_seq == old[-1].seq  # the end follows the old source's last frame
+    assert [m.seq for m in old + new] == list(range(len(old) + len(new)))  # one seq sequence
+    assert new[0].frame_id > old[-1].frame_id  # frame ids go on
+    steps = {b.frame_id - a.frame_id for a, b in itertools.pairwise(new)}
+    assert min(steps) >= 2  # at most 5 of the file's 12.5 frames/s
+    gone = [m for m in edge.sent if m.camera_id == "gone"]
+    assert isinstance(gone[-1], EndMsg) and gone[-1].last_seq == gone[-2].seq
 
 
 def test_a_removed_camera_starts_with_new_track_ids_when_added_again() -> None:
