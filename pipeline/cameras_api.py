@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -219,8 +220,9 @@ class CameraManager:
     # -------------------------------------------------------------------------- reads
     def list(self) -> Answer:
         sup = self.sup
+        stats, decode = self._stats()
         return 200, {
-            "cameras": [self._view(c) for c in sup.cfg.camera_ids],
+            "cameras": [self._view(c, stats, decode) for c in sup.cfg.camera_ids],
             "writes": "on" if self.token is not None else "off",
             "shard": None if sup.shard is None else str(sup.shard),
             "config_file": None if sup.config_path is None else str(sup.config_path),
@@ -230,13 +232,26 @@ class CameraManager:
     def one(self, camera: str) -> Answer:
         if camera not in self.sup.cfg.camera_ids:
             return 404, {"error": f"no camera {camera!r}", "cameras": self.sup.cfg.camera_ids}
-        return 200, self._view(camera)
+        return 200, self._view(camera, *self._stats())
 
-    def _view(self, camera: str) -> dict[str, Any]:
+    def _stats(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The board's per-camera view and decode's camera states. The poll thread updates
+        the board meanwhile: a read that raced with it is taken again."""
+        for attempt in range(3):
+            try:
+                return self.sup.board.cameras(), self.sup.decode_cameras()
+            except RuntimeError:  # "changed size during iteration"
+                if attempt == 2:
+                    raise
+                time.sleep(0.01)
+        raise AssertionError("unreachable")
+
+    def _view(self, camera: str, all_stats: dict[str, Any], all_decode: dict[str, Any]
+              ) -> dict[str, Any]:  # fmt: skip
         sup = self.sup
         settings = sup.cfg.camera(camera)
-        stats = sup.board.cameras().get(camera, {})
-        decode = sup.decode_cameras().get(camera, {})
+        stats = all_stats.get(camera, {})
+        decode = all_decode.get(camera, {})
         return {
             "id": camera,
             "url": sup.cfg.redact(redact_url(settings.url)),
@@ -400,6 +415,8 @@ class CameraManager:
 
     def _apply(self, new: PipelineConfig, what: str, status: int = 200, check: bool = True
                ) -> Answer:  # fmt: skip
+        if getattr(self.sup, "stopping", False):
+            raise ChangeRefused(503, ["the pipeline is stopping"], "stopping")
         if check:
             self._check_frozen(new)
         self._check_classes(new)
