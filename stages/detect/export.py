@@ -52,13 +52,12 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from stages.detect.postprocess_np import NMS_OUTPUTS, RAW_OUTPUTS
 from stages.detect.types import NMSParams
 
 NmsMode = Literal["none", "onnx", "tensorrt"]
 InputDtype = Literal["float", "uint8"]
 
-RAW_OUTPUTS = ("boxes", "scores")
-NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
 INPUT_NAME = "images"
 TRT_DOMAIN = "TRT"
 

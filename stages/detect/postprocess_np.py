@@ -11,6 +11,9 @@ others among those equals than the stable sort here (the reference itself does n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Literal
+
 import numpy as np
 
 from stages.detect.types import Detections, NMSParams
@@ -72,6 +75,27 @@ def passes_conf(scores: np.ndarray, conf: float, multi_label: bool) -> np.ndarra
     (the reference's own asymmetry)."""
     c = np.float32(conf)
     return np.greater(scores, c) if multi_label else np.greater_equal(scores, c)
+
+
+RAW_OUTPUTS = ("boxes", "scores")
+"""Outputs of an export without NMS (``nms="none"``): decoded boxes and class scores."""
+NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
+"""Outputs of an export with NMS in the graph (``nms="onnx"`` or EfficientNMS_TRT)."""
+
+
+def output_layout(
+    output_names: Sequence[str], error: type[Exception] = ValueError
+) -> Literal["raw", "nms"]:
+    """ "raw" or "nms" from a graph's (or engine's) output names; ``error`` names the rest."""
+    names = set(output_names)
+    if names == set(RAW_OUTPUTS):
+        return "raw"
+    if names == set(NMS_OUTPUTS):
+        return "nms"
+    raise error(
+        f"unrecognised outputs {sorted(names)}: an edgestream YOLO-NAS export has "
+        f"{list(RAW_OUTPUTS)} (nms='none') or {list(NMS_OUTPUTS)} (nms='onnx' or 'tensorrt')"
+    )
 
 
 def slice_nms_outputs(

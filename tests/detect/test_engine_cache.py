@@ -20,11 +20,7 @@ from types import SimpleNamespace
 import pytest
 from tiny_detector import TinyDetector
 
-from stages.detect.backends.tensorrt_backend import (
-    TensorRTError,
-    output_layout,
-    resolve_max_batch,
-)
+from stages.detect.backends.tensorrt_backend import TensorRTError, resolve_max_batch
 from stages.detect.engine_cache import (
     PrecisionError,
     atomic_write_bytes,
@@ -47,6 +43,7 @@ from stages.detect.engine_sidecar import (
     sidecar_path,
 )
 from stages.detect.onnx_facts import EngineCacheError, inspect_onnx
+from stages.detect.postprocess_np import output_layout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -471,9 +468,11 @@ def test_inspect_onnx_rejects_non_onnx(tmp_path: Path) -> None:
 
 def test_output_layout() -> None:
     assert output_layout(["scores", "boxes"]) == "raw"
-    assert output_layout(["num_dets", "det_boxes", "det_scores", "det_classes"]) == "efficient_nms"
-    with pytest.raises(TensorRTError, match="unrecognised"):
+    assert output_layout(["num_dets", "det_boxes", "det_scores", "det_classes"]) == "nms"
+    with pytest.raises(ValueError, match="unrecognised"):
         output_layout(["output0"])
+    with pytest.raises(TensorRTError, match="unrecognised"):  # each backend names its error
+        output_layout(["output0"], TensorRTError)
 
 
 def test_resolve_max_batch() -> None:

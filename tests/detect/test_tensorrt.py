@@ -120,7 +120,7 @@ def test_efficient_nms_engine(onnx_dir: Path, cache: Path) -> None:
     engine = build_engine(onnx_dir / "nms.onnx", precision="fp32", max_batch=4, cache_dir=cache)
     x = batch(4)
     with TensorRTBackend(engine, nms_params=PARAMS) as be:
-        assert be.layout == "efficient_nms"
+        assert be.layout == "nms"
         got = be.infer(x)
     m = agreement_of(ort_dets(onnx_dir / "float.onnx", x), got)
     # The plugin considers every class of a box and sorts differently: near, not identical.

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from stages.detect.describe import info_from_onnx_metadata
-from stages.detect.postprocess_np import postprocess_np, slice_nms_outputs
+from stages.detect.postprocess_np import output_layout, postprocess_np, slice_nms_outputs
 from stages.detect.preprocess import to_float
 from stages.detect.types import Detections, ModelInfo, NMSParams
 
@@ -58,8 +58,6 @@ def _postprocess(boxes: np.ndarray, scores: np.ndarray, params: NMSParams) -> li
     return postprocess_np(boxes, scores, params)
 
 
-RAW_OUTPUTS = ("boxes", "scores")
-NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
 _INPUT_TYPES = {"tensor(float)": "float", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
 
 
@@ -74,19 +72,6 @@ def default_providers() -> list[str]:
     available = ort.get_available_providers()
     wanted = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return [p for p in wanted if p in available] or ["CPUExecutionProvider"]
-
-
-def output_layout(output_names: Sequence[str]) -> str:
-    """ "raw" (``nms="none"``) or "nms" (``nms="onnx"``) from the graph's output names."""
-    names = set(output_names)
-    if names == set(RAW_OUTPUTS):
-        return "raw"
-    if names == set(NMS_OUTPUTS):
-        return "nms"
-    raise OnnxModelError(
-        f"unrecognised outputs {sorted(names)}: an edgestream YOLO-NAS export has "
-        f"{list(RAW_OUTPUTS)} (nms='none') or {list(NMS_OUTPUTS)} (nms='onnx')"
-    )
 
 
 def _explain_load_failure(path: Path, err: Exception) -> str:
@@ -186,7 +171,7 @@ class OnnxRuntimeBackend:
         self.fixed_batch: int | None = shape[0] if isinstance(shape[0], int) else None
 
         self.output_names: list[str] = [o.name for o in self._session.get_outputs()]
-        self.layout = output_layout(self.output_names)
+        self.layout = output_layout(self.output_names, OnnxModelError)
         if self.layout == "raw":
             by_name = {o.name: o for o in self._session.get_outputs()}
             b_shape, s_shape = by_name["boxes"].shape, by_name["scores"].shape

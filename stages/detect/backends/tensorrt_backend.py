@@ -11,11 +11,11 @@ allocated is allocated once, at ``max_batch``, in ``__init__``:
 * a private `torch.cuda.Stream`: copies, the engine and the postprocessing are ordered on it,
   and only the small results travel back.
 
-Two output layouts are understood (`output_layout`): a raw export (``boxes`` (B, N, 4),
-``scores`` (B, N, C)) is postprocessed on the GPU by our torch `postprocess`; an export ending
-in ``EfficientNMS_TRT`` (``num_dets``, ``det_boxes``, ``det_scores``, ``det_classes``) only
-needs slicing — its thresholds were fixed at export time, so ``nms_params.conf`` can only
-raise the score threshold here, never lower it.
+Two output layouts are understood (`stages.detect.postprocess_np.output_layout`): a raw
+export (``boxes`` (B, N, 4), ``scores`` (B, N, C)) is postprocessed on the GPU by our torch
+`postprocess`; an export ending in ``EfficientNMS_TRT`` (``num_dets``, ``det_boxes``,
+``det_scores``, ``det_classes``) only needs slicing — its thresholds were fixed at export
+time, so ``nms_params.conf`` can only raise the score threshold here, never lower it.
 
 The engine's sidecar JSON (written by `stages.detect.engine_cache`) gives class names and
 arch, and its `EngineKey` lets us refuse, with a message that says what to do, an engine
@@ -28,7 +28,6 @@ This module can only be exercised on an NVIDIA GPU with TensorRT installed
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,30 +40,14 @@ from stages.detect.engine_cache import (
     tuning_mismatch,
 )
 from stages.detect.engine_sidecar import MIN_ENGINE_BYTES, EngineSidecar, read_sidecar, sidecar_path
-from stages.detect.postprocess_np import slice_nms_outputs
+from stages.detect.postprocess_np import NMS_OUTPUTS, output_layout, slice_nms_outputs
 from stages.detect.types import Detections, ModelInfo, NMSParams
 
 log = logging.getLogger(__name__)
 
-RAW_OUTPUTS = ("boxes", "scores")
-NMS_OUTPUTS = ("num_dets", "det_boxes", "det_scores", "det_classes")
-
 
 class TensorRTError(RuntimeError):
     """The engine cannot be loaded or run; the message says why and what to do."""
-
-
-def output_layout(output_names: Sequence[str]) -> str:
-    """ "raw" for (boxes, scores) engines, "efficient_nms" for EfficientNMS_TRT engines."""
-    names = set(output_names)
-    if names == set(RAW_OUTPUTS):
-        return "raw"
-    if names == set(NMS_OUTPUTS):
-        return "efficient_nms"
-    raise TensorRTError(
-        f"unrecognised engine outputs {sorted(names)}: expected {list(RAW_OUTPUTS)} (raw export) "
-        f"or {list(NMS_OUTPUTS)} (export with nms='tensorrt')"
-    )
 
 
 def resolve_max_batch(requested: int | None, profile_min: int, profile_max: int) -> int:
@@ -227,7 +210,7 @@ class TensorRTBackend:
             raise TensorRTError(f"expected one input tensor, the engine has {inputs}")
         self.input_name = inputs[0]
         self.output_names = tuple(outputs)
-        self.layout = output_layout(outputs)
+        self.layout = output_layout(outputs, TensorRTError)
 
         shape = tuple(engine.get_tensor_shape(self.input_name))
         if len(shape) != 4 or shape[1] != 3:
@@ -274,7 +257,7 @@ class TensorRTBackend:
         self.context.set_tensor_address(self.input_name, self._dev_in.data_ptr())
         for name, t in self._out.items():
             self.context.set_tensor_address(name, t.data_ptr())
-        if self.layout == "efficient_nms":  # pinned host mirrors for the four small outputs
+        if self.layout == "nms":  # pinned host mirrors for the four small outputs
             self._host_out = {
                 n: torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                 for n, t in self._out.items()
@@ -371,6 +354,5 @@ class TensorRTBackend:
 __all__ = [
     "TensorRTBackend",
     "TensorRTError",
-    "output_layout",
     "resolve_max_batch",
 ]
