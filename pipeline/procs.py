@@ -564,31 +564,63 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         on_published=reporter.published_frame,
         on_done=flags.done.set,
         file_cameras=frozenset(c.id for c in cfg.effective_cameras() if c.kind == "file"),
-        enrich=_sink_enrich(cfg, reporter, stop),
+        enrich=_sink_enrich(spec, cfg, reporter, stop),
     )
     reporter.source(lambda: {"sinks": stage.stats()})
     _run(stage, "sink", edges["tracked"], None, cfg, stop, reporter)
 
 
-def _sink_enrich(cfg: PipelineConfig, reporter: Reporter, stop: Any) -> Any:
+def _sink_control(spec: ChildSpec, apply: Callable[[PipelineConfig], None], stop: Any,
+                  reporter: Reporter) -> None:  # fmt: skip
+    """Live camera changes for the sink, from a thread: each new config's zones and lines
+    replace the analytics' (a camera whose zones or lines changed counts afresh). Inert until
+    the supervisor gives the sink a control queue (``spec.control``)."""
+    from pipeline.control import read_control
+
+    if spec.control is None:
+        return
+    generation = -1
+    reporter.source(lambda: {"control_generation": generation})
+
+    def loop() -> None:
+        nonlocal generation
+        while not stop.wait(0.1):
+            got = read_control(spec.control)
+            if got is None:
+                continue
+            gen, new = got
+            if new is not None:
+                apply(new)
+                cams = ", ".join(new.camera_ids)
+                log.info("sink: zones and lines of %s (generation %d)", cams, gen)
+            generation = gen
+            reporter.maybe_send(force=True)
+
+    threading.Thread(target=loop, name="sink-control", daemon=True).start()
+
+
+def _sink_enrich(spec: ChildSpec, cfg: PipelineConfig, reporter: Reporter, stop: Any) -> Any:
     """What every frame goes through before the sinks: the cameras' zones and lines
     (`stages.analytics.ZoneAnalytics`), then the preview's look at it
     (`stages.analytics.preview.PreviewServer`); None when neither is configured."""
     from pipeline.preview import preview_dir
     from stages.analytics import CameraRegions, ZoneAnalytics
 
-    regions = {c.id: CameraRegions(tuple(c.zones), tuple(c.lines))
-               for c in cfg.effective_cameras() if c.zones or c.lines}  # fmt: skip
+    def regions_of(c: PipelineConfig) -> dict[str, CameraRegions]:
+        return {e.id: CameraRegions(tuple(e.zones), tuple(e.lines))
+                for e in c.effective_cameras() if e.zones or e.lines}  # fmt: skip
+
     steps: list[Callable[[Any], Any]] = []
-    if regions:
-        analytics = ZoneAnalytics(regions, metrics=reporter.metrics)
+    analytics = ZoneAnalytics(regions_of(cfg), metrics=reporter.metrics)
+    if analytics.cameras or spec.control is not None:
         reporter.source(lambda: {"analytics": analytics.stats()})
         steps.append(analytics.process)
+        _sink_control(spec, lambda new: analytics.set_cameras(regions_of(new)), stop, reporter)
     folder = preview_dir()
     if cfg.preview.enabled and folder is not None:
         from stages.analytics.preview import PreviewServer
 
-        preview = PreviewServer(cfg.preview, folder, stop, regions.get)
+        preview = PreviewServer(cfg.preview, folder, stop, analytics.regions)
         reporter.source(lambda: {"preview": preview.stats()})
         steps.append(preview.observe)
     if not steps:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -49,6 +50,7 @@ class ZoneAnalytics:
         self, cameras: Mapping[str, CameraRegions], metrics: AnalyticsMetrics | None = None
     ) -> None:
         self.metrics = metrics
+        self._lock = threading.Lock()  # set_cameras may come from a control thread
         self._cameras: dict[str, CameraAnalytics] = {}
         self._regions: dict[str, CameraRegions] = {}
         self._occupancy: dict[tuple[str, str, str], int] = {}
@@ -59,6 +61,10 @@ class ZoneAnalytics:
         """Apply a new camera set (a live config change): a camera whose zones or lines
         changed starts afresh (counts from 0), a removed camera is forgotten, the others keep
         their state."""
+        with self._lock:
+            self._set_cameras(cameras)
+
+    def _set_cameras(self, cameras: Mapping[str, CameraRegions]) -> None:
         for cam in list(self._cameras):
             if cameras.get(cam) != self._regions.get(cam):
                 del self._cameras[cam]
@@ -76,7 +82,15 @@ class ZoneAnalytics:
     def cameras(self) -> Mapping[str, CameraAnalytics]:
         return self._cameras
 
+    def regions(self, camera: str) -> CameraRegions | None:
+        """The zones and lines ``camera`` is counted with now (None: none)."""
+        return self._regions.get(camera)
+
     def process(self, frame: FrameResult) -> FrameResult:
+        with self._lock:
+            return self._process(frame)
+
+    def _process(self, frame: FrameResult) -> FrameResult:
         cam = self._cameras.get(frame.camera)
         if cam is None:
             return frame
