@@ -15,7 +15,8 @@ A stage knows nothing of sockets::
 A stage with ``next_deadline`` is ticked as soon as that time comes (the receive never blocks
 past it) and not before: messages already waiting on the socket are all handed to
 ``process`` first, so a batch formed at its deadline holds the newest frames, not the ones that
-happened to be first in the socket.
+happened to be first in the socket. After a tick that produced output, what arrived while it
+ran is read first too, then the stage is ticked again (at once, if another batch is due).
 
 `run_stage` owns the rest: it receives, calls the stage, routes each output to a `Sender`,
 sends it blocking or not (per message: offline cameras block and lose nothing, live ones drop
@@ -132,7 +133,9 @@ def run_stage(
 
     def recv_wait_ms(now: float) -> int:
         if reading_since is not None:
-            return 0
+            # reading what waits: ZeroMQ refills the socket's queue from the sender's in the
+            # background (past the receive high-water mark), so "empty" is a 1 ms wait, not 0
+            return 1
         wait = poll_ms if tick is not None else 100
         d = deadline_of() if deadline_of is not None else None
         if d is not None:
@@ -210,7 +213,9 @@ def run_stage(
                     ticked = []
                 emit(ticked)
                 next_tick = time.monotonic() + poll_ms / 1000
-                reading_since = None
+                # a deadline stage reads what arrived meanwhile before its next batch (the
+                # newest frames replace older ones), then ticks again at once if one is due
+                reading_since = time.monotonic() if deadline_of is not None and ticked else None
             if receiver is None:
                 time.sleep(poll_ms / 1000)
                 continue
