@@ -298,10 +298,6 @@ def with_stage_ts(msg: Message, stage: str, ts: float) -> Message:
     return replace(msg, stage_ts={**msg.stage_ts, stage: ts})
 
 
-def camera_of(msg: Message) -> str:
-    return msg.camera_id
-
-
 def seq_of(msg: Message) -> int:
     """The message's seq (for an `EndMsg`, its ``last_seq``)."""
     return msg.last_seq if isinstance(msg, EndMsg) else msg.seq

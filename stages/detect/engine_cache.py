@@ -143,16 +143,6 @@ def lookup(
     return CacheLookup(path, True, "cache hit")
 
 
-def cached_engine(
-    cache_dir: str | Path, stem: str, key: EngineKey, *, verify_hash: bool = True
-) -> Path | None:
-    """The engine for ``key`` when the cache holds a valid one, else None (build it)."""
-    found = lookup(cache_dir, stem, key, verify_hash=verify_hash)
-    if not found.hit:
-        log.info("engine cache miss for %s: %s", found.engine_path.name, found.reason)
-    return found.engine_path if found.hit else None
-
-
 def store_engine(
     engine_path: str | Path, engine: bytes | bytearray | memoryview, sidecar: EngineSidecar
 ) -> None:

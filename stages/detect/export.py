@@ -233,12 +233,6 @@ def _torch_export(
     )
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file (without loading its weights twice)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in proto.metadata_props}
-
-
 # --------------------------------------------------------------------------- graph editing
 
 

@@ -26,7 +26,6 @@ from stages.detect.engine_cache import (
     atomic_write_bytes,
     batch_profile,
     build_lock,
-    cached_engine,
     compatibility_problems,
     detect_trt_api,
     lookup,
@@ -141,11 +140,9 @@ def test_miss_then_hit(tmp_path: Path) -> None:
     key = make_key()
     found = lookup(tmp_path, "model", key)
     assert not found.hit and found.reason == "no cached engine"
-    assert cached_engine(tmp_path, "model", key) is None
     path = store(tmp_path, key, fake_engine())
     found = lookup(tmp_path, "model", key)
     assert found.hit and found.engine_path == path
-    assert cached_engine(tmp_path, "model", key) == path
     sc = read_sidecar(path)
     assert sc.key == key and sc.engine_bytes == 4096 and sc.class_names == ["a", "b"]
     assert sidecar_path(path).name == path.name + ".json"

@@ -32,9 +32,9 @@ from stages.detect.export import (
     NMS_OUTPUTS,
     ExportError,
     export_onnx,
-    read_metadata,
 )
 from stages.detect.nn.yolo_nas import yolo_nas_s
+from stages.detect.onnx_facts import inspect_onnx
 from stages.detect.postprocess import postprocess
 from stages.detect.preprocess import to_float
 from stages.detect.types import Detections, NMSParams
@@ -390,7 +390,7 @@ def test_efficient_nms_trt_structure(tmp_path: Path) -> None:
 
 
 def test_metadata_round_trips() -> None:
-    meta = read_metadata(exported("onnx", "uint8", dynamic=True))
+    meta = inspect_onnx(exported("onnx", "uint8", dynamic=True)).metadata
     assert set(METADATA_KEYS) <= set(meta)
     assert meta["arch"] == "yolo_nas_s"
     assert meta["num_classes"] == "80"
@@ -401,7 +401,7 @@ def test_metadata_round_trips() -> None:
     assert NMSParams(**json.loads(meta["nms_params"])) == NMSParams()
     assert meta["batch"] == "dynamic"
     assert meta["edgestream_version"]
-    fixed = read_metadata(exported("none", "float", dynamic=False))
+    fixed = inspect_onnx(exported("none", "float", dynamic=False)).metadata
     assert (fixed["batch"], fixed["nms"], fixed["input_dtype"]) == ("1", "none", "float")
 
 
