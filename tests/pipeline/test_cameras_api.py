@@ -368,3 +368,12 @@ def test_an_unusable_token_stops_the_start_and_a_reload_rotates_it(files: dict[s
     assert call(m, "POST", "/reload")[0] == 200
     assert call(m, "DELETE", "/cameras/a")[0] == 403  # the old token no longer works
     assert call(m, "DELETE", "/cameras/a", headers={"Authorization": f"Bearer {new}"})[0] == 200
+
+
+def test_an_unknown_class_is_422_naming_the_camera(files: dict[str, Any]) -> None:
+    m, sup = manager(files)
+    status, body = call(m, "POST", "/cameras", {"id": "c", "url": "a.mp4", "classes": ["unicorn"]})
+    assert status == 422
+    assert body["errors"][0].startswith("cameras.c.classes: the model has no class 'unicorn'")
+    assert call(m, "POST", "/cameras", {"id": "c", "url": "a.mp4", "classes": ["person"]})[0] == 201
+    assert sup.cfg.camera("c").classes == ["person"]

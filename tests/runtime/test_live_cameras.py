@@ -5,12 +5,12 @@ model, the Redis sink) serves every test of this module, in order:
 
 * writes without a token are 401, with a wrong one 403, and change nothing;
 * a camera config with a bad value and a typo is 422 naming both key paths; nothing changes;
-* a camera added over the API publishes to its Redis stream within 10 s; a PATCH of its
-  detect_fps reopens it with its frame ids going on; a camera removed over the API stops
-  publishing; the camera left running has consecutive frame ids across all three changes
-  (nothing dropped by them: a gap fails unless the pipeline counted it as ``superseded``,
-  its newest-frame-wins policy when a loaded CPU falls behind) and no stage process was
-  restarted;
+* a camera added over the API publishes to its Redis stream within 10 s, with the class
+  filter it was added with; a PATCH of its detect_fps reopens it with its frame ids going on;
+  a camera removed over the API stops publishing; the camera left running has consecutive
+  frame ids across all three changes (nothing dropped by them: a gap fails unless the
+  pipeline counted it as ``superseded``, its newest-frame-wins policy when a loaded CPU falls
+  behind), was never reopened, and no stage process was restarted;
 * SIGHUP after the file changed applies the difference the same way (one camera added, one
   removed, the untouched one keeps its frame ids consecutive) and reports the non-camera
   change as needing a restart; an invalid file is refused with its errors (log and POST
@@ -92,6 +92,10 @@ class Live:
     def frame_ids(self, camera: str) -> list[int]:
         entries = self.client.xrange(KEY.format(camera=camera))
         return [int(json.loads(f[b"data"])["frame_id"]) for _, f in entries]
+
+    def classes(self, camera: str) -> set[int]:
+        entries = self.client.xrange(KEY.format(camera=camera))
+        return {o["class_id"] for _, f in entries for o in json.loads(f[b"data"])["objects"]}
 
     def length(self, camera: str) -> int:
         return int(self.client.xlen(KEY.format(camera=camera)))
@@ -219,7 +223,8 @@ def test_add_and_remove_over_the_api_leave_the_other_camera_alone(live: Live) ->
     start = live.length("live1")
     drops_before = live.view("live1")["dropped"]
     t0 = time.monotonic()
-    status, body = live.call("POST", "/cameras", {"id": "added", "url": live.video})
+    camera = {"id": "added", "url": live.video, "classes": ["person"]}  # track learns it live
+    status, body = live.call("POST", "/cameras", camera)
     assert status == 201, body
     assert body["added"] == ["added"] and body["applied"] is True
     wait_for(lambda: live.length("added") > 0, APPEAR_S - (time.monotonic() - t0),
@@ -236,6 +241,10 @@ def test_add_and_remove_over_the_api_leave_the_other_camera_alone(live: Live) ->
     assert min(after) > max(before) and after == sorted(after)
     steps = [b - a for a, b in itertools.pairwise(after[-6:])]
     assert min(steps) >= 2, steps  # 4 of the file's 12.5 frames/s
+    # its class filter (kept by the PATCH) holds: the tiny model finds only class 2 on this
+    # video, so the filtered camera publishes frames without objects, the unfiltered ones not
+    assert live.classes("live1") and 0 not in live.classes("live1")
+    assert live.classes("added") == set()
 
     status, body = live.call("DELETE", "/cameras/live0")
     assert status == 200 and body["removed"] == ["live0"], body
