@@ -353,25 +353,19 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     rows: dict[str, list[dict[str, Any]]] = {"edgestream": [], "loop": []}
     eff_row = None
     try:
+        # the efficiency run between two measurements of the bare model, so that the ratio
+        # compares figures taken minutes apart at most on a machine whose load may change
         bare_before = bench_model(cfg, frames, batches, args.bare_seconds, tick)
         bar.update()
-        for system, n, fps in runs:
-            rows[system].append(
-                _safe_run(
-                    run_edgestream if system == "edgestream" else run_loop,
-                    setup,
-                    system,
-                    n,
-                    fps,
-                    tick,
-                )
-            )
-            bar.update()
         if eff_cams:
             eff_row = _safe_run(run_edgestream, setup, "edgestream", eff_cams, None, tick)
             bar.update()
         bare_after = bench_model(cfg, frames, batches, args.bare_seconds, tick)
         bar.update()
+        for system, n, fps in runs:
+            run = run_edgestream if system == "edgestream" else run_loop
+            rows[system].append(_safe_run(run, setup, system, n, fps, tick))
+            bar.update()
     finally:
         bar.close()
     rate = detect_fps or setup.source.fps

@@ -8,8 +8,9 @@ and does the same work in one process:
 - one PyAV decode thread per camera: a file is played in real time (and looped), frames are
   sampled at the camera's ``detect_fps`` (`stages.decode.pacing.RatePacer`, as decode does),
   and only the newest sampled frame is kept (a frame not yet taken is replaced: ``superseded``);
-  its capture time is decode's: the sender's RTCP clock on RTSP, else receive wall clock;
-- one inference loop: the oldest of the cameras' newest frames first (one at a time on the CPU,
+  its capture time is decode's: the sender's RTCP clock on RTSP, a file's open time + the
+  frame's pts, else receive wall clock;
+- one inference loop: the cameras' newest frames in round robin (one at a time on the CPU,
   where batching buys nothing; up to ``batching.max_batch`` of them per call on a GPU), through
   `stages.detect.detector.Detector` on the backend the pipeline would open
   (`pipeline.procs.open_backend_from`);
@@ -85,6 +86,7 @@ class Loop:
                     # decoder threads as the pipeline's decode sets them (1 by default: frame
                     # threading adds a frame of latency per extra thread)
                     stream = configure_video_stream(container, camera_config(cam, self.cfg))
+                    opened_wall = time.time()  # a file's frames are captured at open + pts
                     anchor: tuple[float, float] | None = None  # (monotonic, media s)
                     for packet in container.demux(stream):
                         if rtcp is not None:
@@ -106,7 +108,10 @@ class Loop:
                             if not pacer.should_forward(t):
                                 continue
                             rgb = frame.to_ndarray(format="rgb24")
-                            ts = time.time() if rtcp is None else rtcp.capture_time(t)[0]
+                            if rtcp is not None:
+                                ts = rtcp.capture_time(t)[0]
+                            else:
+                                ts = opened_wall + t if settings.loop else time.time()
                             with self.cond:
                                 if slot.frame is not None:
                                     slot.superseded += 1
@@ -132,16 +137,20 @@ class Loop:
         }
         names = detector.class_names
         appearance = self.cfg.tracker.appearance_weight > 0
+        cams, turn = list(self.slots), 0
         while not self.stop.is_set():
             with self.cond:
-                ready = sorted(
-                    (s.capture_ts, cam) for cam, s in self.slots.items() if s.frame is not None
-                )
+                # round robin from the camera after the last one served: cameras whose frames
+                # arrive together would otherwise be served in the same order every time, and
+                # the last ones superseded every time
+                order = cams[turn:] + cams[:turn]
+                ready = [cam for cam in order if self.slots[cam].frame is not None]
                 if not ready:
                     self.cond.wait(0.1)
                     continue
+                turn = (cams.index(ready[:batch][-1]) + 1) % len(cams)
                 taken: list[tuple[str, int, float, np.ndarray]] = []
-                for _, cam in ready[:batch]:
+                for cam in ready[:batch]:
                     s = self.slots[cam]
                     assert s.frame is not None
                     taken.append((cam, s.frame_id, s.capture_ts, s.frame))

@@ -116,11 +116,14 @@ def accounting(cameras: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     not hand on); ``unaccounted`` = offered - published - every drop."""
     offered = published = 0
     drops: dict[str, int] = {}
-    for c in cameras.values():
+    per_camera = {}
+    for cam, c in cameras.items():
         dropped = c.get("dropped") or {}
-        offered += int(c.get("sent", 0)) + sum(
+        cam_offered = int(c.get("sent", 0)) + sum(
             int(n) for reason, n in dropped.items() if reason.startswith("decode/")
         )
+        per_camera[cam] = {"offered": cam_offered, "published": int(c.get("published", 0))}
+        offered += cam_offered
         published += int(c.get("published", 0))
         for reason, n in dropped.items():
             drops[reason] = drops.get(reason, 0) + int(n)
@@ -129,6 +132,7 @@ def accounting(cameras: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "published": published,
         "drops": dict(sorted(drops.items())),
         "unaccounted": offered - published - sum(drops.values()),
+        "per_camera": per_camera,
     }
 
 

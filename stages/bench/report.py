@@ -6,7 +6,8 @@ cleanly). ``cameras_held`` is the top of the ramp: the largest count such that i
 smaller count measured hold (a count that holds above one that did not is noise, not capacity).
 ``efficiency`` is what the pipeline published per second with its cameras offering more than
 it can take (every frame of the largest count), divided by the bare model's best frames/s at a
-batch size up to the pipeline's ``max_batch``, measured in the same run.
+batch size up to the pipeline's ``max_batch``, measured right before and right after that
+run (their mean: the machine's load may change while the bench runs).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def ceiling(bare: Sequence[dict[str, Any]], max_batch: int) -> dict[str, Any] | 
 def average_bare(
     before: Sequence[dict[str, Any]], after: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Per batch size, the mean of the measurements before and after the pipeline runs (the
+    """Per batch size, the mean of the measurements before and after the efficiency run (the
     machine may have changed meanwhile)."""
     out = []
     for b in before:
