@@ -114,6 +114,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "under the work folder); the bench's streams are deleted afterwards",
     )
     q.add_argument("--json", type=Path, metavar="OUT", help="write the summary as JSON")
+    q.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     q.add_argument(
         "--plot",
         type=Path,
@@ -404,7 +405,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         loop_held = report.cameras_held(rows["loop"])
         summary["baseline"] = {"name": "loop", "cameras_held": loop_held, "rows": rows["loop"]}
         summary["held_ratio"] = round(held / loop_held, 2) if loop_held else None
-    print(report.format_table(summary))
+    print(report.format_table(summary, markdown=args.markdown))
     for line in report.verdict_lines(summary):
         print(line)
     if args.json is not None:
