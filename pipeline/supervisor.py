@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgestream.supervisor")
 
+# the stages told of live camera changes (pipeline.cameras_api), in this order: decode last,
+# so a new camera's first frame finds the track stage and the sink ready for it
+_CONTROLLED = ("track", "sink", "decode")
+
 
 @dataclass
 class _Child:
@@ -70,7 +74,7 @@ class _Child:
     restart_at: float | None = None
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
-    control_q: Any = None  # decode, track: live camera changes (a fresh queue per incarnation)
+    control_q: Any = None  # _CONTROLLED: live camera changes (a fresh queue per incarnation)
 
 
 class Supervisor:
@@ -234,7 +238,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ live camera changes
     def _control_queue(self, child: _Child) -> Any:
-        if child.spec.role not in ("decode", "track"):
+        if child.spec.role not in _CONTROLLED:
             return None
         if child.control_q is not None:
             _close_queue(child.control_q)
@@ -244,14 +248,15 @@ class Supervisor:
 
     def apply_cameras(self, new: PipelineConfig, ack_timeout_s: float = 5.0) -> bool:
         """Run ``new`` (a config that differs in its cameras only): tell the track stage
-        (class filters, frame rates), wait for it, then decode (opens, closes, reopens).
+        (class filters, frame rates) and the sink (zones and lines), waiting for each, then
+        decode (opens, closes, reopens): a new camera's first frame finds them ready.
         Children restarted meanwhile start with ``new``. True when decode confirmed."""
         with self._control_lock:
             self.cfg = new
             self.control_generation += 1
             gen = self.control_generation
         confirmed = True
-        for role in ("track", "decode"):
+        for role in _CONTROLLED:
             child = self.children.get(role)
             if child is None:
                 continue
