@@ -15,7 +15,9 @@ model, the Redis sink) serves every test of this module, in order:
   removed, the untouched one keeps its frame ids consecutive) and reports the non-camera
   change as needing a restart; an invalid file is refused with its errors (log and POST
   /reload) and the running cameras are kept;
-* a decode process killed after the changes is restarted with the cameras of now.
+* a decode process killed after the changes is restarted with the cameras of now;
+* a new URL (a live RTSP stream from the GStreamer test server) moves a camera to it: its
+  stream receives that source's frames within 10 s.
 
 Plus, without the other stages: decode's camera control on the real feeder (a changed
 camera's end marker goes out before its new frames, frame ids and seqs go on, the untouched
@@ -30,6 +32,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -96,6 +99,10 @@ class Live:
     def classes(self, camera: str) -> set[int]:
         entries = self.client.xrange(KEY.format(camera=camera))
         return {o["class_id"] for _, f in entries for o in json.loads(f[b"data"])["objects"]}
+
+    def last(self, camera: str) -> dict[str, Any]:
+        entries = self.client.xrevrange(KEY.format(camera=camera), count=1)
+        return json.loads(entries[0][1][b"data"]) if entries else {}
 
     def length(self, camera: str) -> int:
         return int(self.client.xlen(KEY.format(camera=camera)))
@@ -318,6 +325,30 @@ def test_a_restarted_decode_runs_the_changed_camera_list(live: Live) -> None:
     time.sleep(3)
     assert live.length("live0") == before  # not brought back by the restart
     assert live.cameras() == ["live1", "hup"]
+
+
+def test_a_new_url_moves_a_camera_to_an_rtsp_server(live: Live, require: Any) -> None:
+    """PATCH url: the camera reopens on the new source (a live RTSP stream, 320x240) and its
+    stream receives that source's frames within 10 s; the other camera goes on."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "decode"))
+    from rtsp_harness import RtspServer, gstreamer_missing
+
+    require(gstreamer_missing())
+    server = RtspServer(("/live=live:320x240@10",))
+    try:
+        t0 = time.monotonic()
+        status, body = live.call("PATCH", "/cameras/hup", {"url": server.url()})
+        assert status == 200 and body["changed"] == ["hup"], body
+        wait_for(lambda: live.last("hup")["width"] == 320, APPEAR_S - (time.monotonic() - t0),
+                 "a frame of the RTSP stream in hup's Redis stream")  # fmt: skip
+        live.grows("hup", 10)
+        live.grows("live1", 10)
+        assert live.view("hup")["url"] == server.url()
+        assert live.view("hup")["state"] == "streaming"
+    finally:
+        assert live.call("DELETE", "/cameras/hup")[0] == 200  # before its server goes
+        live.stopped("hup")
+        server.close()
 
 
 class _Edge:
