@@ -27,6 +27,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.cv:
         return _cv(args)
+    cv_only = [f"--{n.replace('_', '-')}" for n in ("small_grid", "no_synthetic", "study", "json")]
+    given = [flag for flag in cv_only if getattr(args, flag[2:].replace("-", "_"))]
+    if given:
+        print(f"eval-tracker: {', '.join(given)} only go with --cv", file=sys.stderr)
+        return 2
 
     ev = evaluate(Path(args.data), include_peers=args.peers)
     print(report(ev, per_sequence=args.per_sequence))

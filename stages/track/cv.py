@@ -420,9 +420,11 @@ def report_cv(result: CvResult) -> str:
     elif result.defaults == result.final:
         parts.append("  = TrackerConfig() (the product defaults)")
     else:
+        value = result.final_smoothed[result.defaults]
+        where = f"smoothed {value:.2f}" if np.isfinite(value) else "a remedy is set otherwise"
         parts.append(
-            f"  TrackerConfig() differs: {_setting(result, result.defaults)} "
-            f"(smoothed {result.final_smoothed[result.defaults]:.2f})"
+            f"  TrackerConfig() differs: {_setting(result, result.defaults)} ({where}): "
+            "change the defaults in stages/track/config.py"
         )
     if result.defaults is not None:
         insample = {

@@ -64,3 +64,13 @@ def test_add_parsers_sets_func_for_each_command() -> None:
     ev = parser.parse_args(["eval-tracker", "--data", "/x", "--peers"])
     assert callable(track.func) and callable(ev.func) and track.func is not ev.func
     assert ev.peers and ev.data == Path("/x")
+
+
+def test_cv_options_without_cv_are_refused(tmp_path: Path, capsys) -> None:
+    assert cli.main(["eval-tracker", "--data", str(tmp_path), "--small-grid"]) == 2
+    assert "--small-grid only go with --cv" in capsys.readouterr().err
+
+
+def test_cv_without_sequences_says_where_it_looked(tmp_path: Path, capsys) -> None:
+    assert cli.main(["eval-tracker", "--cv", "--data", str(tmp_path)]) == 2
+    assert "no mot17/ or mot15/" in capsys.readouterr().err
