@@ -235,12 +235,25 @@ def _write(path: Path, key: CalibrationKey, ms_per_image: dict[int, float]) -> N
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
+    _prune(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _prune(folder: Path) -> None:
+    """Remove entries whose weights file is gone (temporary exports, deleted models), so the
+    folder does not grow with every model ever run; anything unreadable is left alone."""
+    for entry in folder.glob("*.json"):
+        try:
+            weights = json.loads(entry.read_text())["key"]["weights"]
+            if Path(weights).is_absolute() and not Path(weights).exists():
+                entry.unlink(missing_ok=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
 
 
 def calibrate(infer: Callable[[np.ndarray], Any], key: CalibrationKey, max_wait_ms: float,

@@ -118,6 +118,21 @@ def test_calibrate_measures_caches_and_measures_again_when_the_key_changes(
     assert not calibrate(gpu.infer, key(tmp_path), 10.0, tmp_path / "cache", clock=clock).cached
 
 
+def test_entries_of_weights_files_that_are_gone_are_removed(tmp_path: Path) -> None:
+    clock = Clock()
+    backend = CostBackend(clock, fixed_ms=0.0, per_image_ms=10.0)
+    cache = tmp_path / "cache"
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    calibrate(backend.infer, key(gone), 10.0, cache, clock=clock)
+    (gone / "model.onnx").unlink()
+    (cache / "notes.json").write_text("not a cache entry")  # unreadable: left alone
+    calibrate(backend.infer, key(tmp_path), 10.0, cache, clock=clock)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [f"{key(tmp_path).digest()}.json", "notes.json"]
+    )
+
+
 def test_measuring_stops_at_the_first_size_that_did_not_pay(tmp_path: Path) -> None:
     """A CPU-like model is never run at batch 4 or 8 (1 and 2 already said batching buys
     nothing): start-up does not pay for the big batches."""
