@@ -44,6 +44,104 @@ def _plain(value: Any) -> Any:
 STAGE_ORDER = ("decode", "preprocess", "detect", "track")
 
 
+# ------------------------------------------------------------------------------ snapshots
+
+
+def _ints(value: Any) -> dict[str, int]:
+    return {str(k): int(v) for k, v in (value or {}).items()}
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    """A stage runner's cumulative counters (`pipeline.runner.StageCounters`), per camera;
+    ``dropped`` is keyed ``camera|reason``."""
+
+    received: dict[str, int] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: Mapping[str, Any] | None) -> StageCounts:
+        v = value or {}
+        return cls(*(_ints(v.get(n)) for n in ("received", "sent", "dropped", "errors")))
+
+
+@dataclass(frozen=True)
+class SinkCounts:
+    """The sink stage's report: results not written per sink (``unwritten``: lost or still
+    buffered; ``unwritten_offline``: of those, of ``realtime: false`` cameras), and each sink's
+    own stats under its class name (``per_sink``; e.g. ``RedisSink``'s ``connected``)."""
+
+    unwritten: dict[str, int] = field(default_factory=dict)
+    unwritten_offline: dict[str, int] = field(default_factory=dict)
+    per_sink: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def redis(self) -> dict[str, Any] | None:
+        return self.per_sink.get("RedisSink")
+
+    @classmethod
+    def parse(cls, value: Mapping[str, Any] | None) -> SinkCounts:
+        v = dict(value or {})
+        unwritten, offline = (
+            _ints(v.pop("unwritten", None)),
+            _ints(v.pop("unwritten_offline", None)),
+        )
+        return cls(unwritten, offline, {k: s for k, s in v.items() if isinstance(s, dict)})
+
+
+@dataclass(frozen=True)
+class ProcSnapshot:
+    """One process's report, as the supervisor reads it: every field the runtime uses, typed,
+    parsed once where it arrives (`parse`); what only a stage's own readers know (analytics,
+    preview...) stays in ``extra``, by the key its source gave it."""
+
+    key: str
+    pid: int
+    ts: float = 0.0
+    published: dict[str, int] = field(default_factory=dict)
+    latency_new: dict[str, list[float]] = field(default_factory=dict)
+    batch_sizes: dict[str, int] = field(default_factory=dict)
+    batch_seconds: float = 0.0
+    camera_up: dict[str, bool] = field(default_factory=dict)
+    stage: StageCounts = field(default_factory=StageCounts)
+    decode: StageCounts = field(default_factory=StageCounts)  # decode's feeder: sent, dropped
+    sinks: SinkCounts = field(default_factory=SinkCounts)
+    auth_refused: dict[str, int] = field(default_factory=dict)  # per edge (CURVE)
+    ready: bool | None = None  # detect: the model is loaded
+    control_generation: int = -1  # the last live camera change this process applied
+    decode_cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stage_name(self) -> str:
+        return self.key.rstrip("0123456789")
+
+    @classmethod
+    def parse(cls, snap: Mapping[str, Any]) -> ProcSnapshot:
+        s = dict(snap)
+        ready = s.pop("ready", None)
+        return cls(
+            key=str(s.pop("key", "")),
+            pid=int(s.pop("pid", 0)),
+            ts=float(s.pop("ts", 0.0)),
+            published=_ints(s.pop("published", None)),
+            latency_new={str(k): list(v) for k, v in (s.pop("latency_new", None) or {}).items()},
+            batch_sizes=_ints(s.pop("batch_sizes", None)),
+            batch_seconds=float(s.pop("batch_seconds", 0.0) or 0.0),
+            camera_up={str(k): bool(v) for k, v in (s.pop("camera_up", None) or {}).items()},
+            stage=StageCounts.parse(s.pop("stage", None)),
+            decode=StageCounts.parse(s.pop("decode", None)),
+            sinks=SinkCounts.parse(s.pop("sinks", None)),
+            auth_refused=_ints((s.pop("transport", None) or {}).get("auth_refused")),
+            ready=None if ready is None else bool(ready),
+            control_generation=int(s.pop("control_generation", -1)),
+            decode_cameras=dict(s.pop("decode_cameras", None) or {}),
+            extra=s,
+        )
+
+
 class Reporter:
     """The child side: collects and periodically sends a snapshot (never blocks the stage).
 
@@ -142,25 +240,21 @@ class Reporter:
 
     def _sync_metrics(self, snap: dict[str, Any]) -> None:
         """Cumulative counters of the snapshot → Prometheus increments."""
-        m = self.metrics
-        stage = snap.get("stage") or {}
+        m, s = self.metrics, ProcSnapshot.parse(snap)
         if self.stage != "sink":  # the sink counts published frames itself
-            for cam, n in (stage.get("sent") or {}).items():
+            for cam, n in s.stage.sent.items():
                 m.sync_counter(m.frames_total, (cam, self.stage), n)
-        for key, n in (stage.get("dropped") or {}).items():
-            cam, _, reason = key.partition("|")
-            m.sync_counter(m.frames_dropped_total, (cam, self.stage, reason), n)
-        decode = snap.get("decode") or {}
-        for cam, n in (decode.get("sent") or {}).items():
-            m.sync_counter(m.frames_total, (cam, "decode"), n)
-        for key, n in (decode.get("dropped") or {}).items():
-            cam, _, reason = key.partition("|")
-            m.sync_counter(m.frames_dropped_total, (cam, "decode", reason), n)
-        for edge, n in ((snap.get("transport") or {}).get("auth_refused") or {}).items():
+        for stage, counts in ((self.stage, s.stage), ("decode", s.decode)):
+            if stage == "decode":
+                for cam, n in counts.sent.items():
+                    m.sync_counter(m.frames_total, (cam, "decode"), n)
+            for key, n in counts.dropped.items():
+                cam, _, reason = key.partition("|")
+                m.sync_counter(m.frames_dropped_total, (cam, stage, reason), n)
+        for edge, n in s.auth_refused.items():
             m.sync_counter(m.edge_auth_refused_total, (edge,), n)
-        sinks = snap.get("sinks") or {}
-        if isinstance(sinks.get("RedisSink"), dict):
-            m.sync_redis(sinks["RedisSink"])
+        if s.sinks.redis is not None:
+            m.sync_redis(s.sinks.redis)
 
 
 # ------------------------------------------------------------------------------ supervisor
@@ -176,7 +270,7 @@ def _sum(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass
 class _Proc:
     pid: int
-    snap: dict[str, Any]
+    snap: ProcSnapshot
     base: dict[str, dict[str, Any]] = field(default_factory=dict)  # earlier incarnations
 
 
@@ -203,17 +297,17 @@ class StatsBoard:
             self.update(snap)
             n += 1
 
-    def update(self, snap: dict[str, Any]) -> None:
-        key = snap["key"]
-        proc = self.procs.get(key)
+    def update(self, raw: Mapping[str, Any] | ProcSnapshot) -> None:
+        snap = raw if isinstance(raw, ProcSnapshot) else ProcSnapshot.parse(raw)
+        proc = self.procs.get(snap.key)
         if proc is None:
-            proc = self.procs[key] = _Proc(snap["pid"], snap)
-        elif proc.pid != snap["pid"]:  # restarted: keep what the old one counted
+            proc = self.procs[snap.key] = _Proc(snap.pid, snap)
+        elif proc.pid != snap.pid:  # restarted: keep what the old one counted
             for name, values in _counter_sections(proc.snap).items():
                 proc.base[name] = _sum(proc.base.get(name, {}), values)
-            proc.pid = snap["pid"]
+            proc.pid = snap.pid
         proc.snap = snap
-        for cam, samples in (snap.get("latency_new") or {}).items():
+        for cam, samples in snap.latency_new.items():
             self._latency.setdefault(cam, deque(maxlen=LATENCY_SAMPLES * 4)).extend(samples)
             if self.on_latency is not None:
                 self.on_latency(cam, samples)
@@ -243,7 +337,7 @@ class StatsBoard:
             )
         up: dict[str, bool] = {}
         for proc in self.procs.values():
-            up.update(proc.snap.get("camera_up") or {})
+            up.update(proc.snap.camera_up)
         fps = self._fps()
         cams = set(sent) | set(published) | set(up) | set(dropped)
         out: dict[str, dict[str, Any]] = {}
@@ -278,7 +372,7 @@ class StatsBoard:
         sizes = self.total("batch_sizes")
         n = sum(sizes.values())
         frames = sum(int(k) * v for k, v in sizes.items())
-        seconds = sum(float(p.snap.get("batch_seconds") or 0.0) for p in self.procs.values())
+        seconds = sum(p.snap.batch_seconds for p in self.procs.values())
         return {
             "batches": n,
             "frames": frames,
@@ -298,27 +392,22 @@ class StatsBoard:
         return {cam: (n - first.get(cam, 0)) / (t1 - t0) for cam, n in last.items()}
 
 
-def _counter_sections(snap: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _counter_sections(snap: ProcSnapshot) -> dict[str, dict[str, Any]]:
     """The cumulative counters of one snapshot, flattened: ``published``, ``batch_sizes``,
     ``decode.sent``, ``dropped`` keyed ``stage:camera|reason``, and the sink stage's
     ``sinks.unwritten`` / ``sinks.unwritten_offline`` per sink."""
-    out: dict[str, dict[str, Any]] = {}
-    for name in _COUNTERS:
-        out[name] = dict(snap.get(name) or {})
-    stage_name = str(snap.get("key", "")).rstrip("0123456789")
-    stage = snap.get("stage") or {}
-    for name in _STAGE_COUNTERS:
-        values = dict(stage.get(name) or {})
-        if name == "dropped":
-            values = {f"{stage_name}:{k}": v for k, v in values.items()}
-        out[f"stage.{name}" if name != "dropped" else "dropped"] = values
-    decode = snap.get("decode") or {}
-    out["decode.sent"] = dict(decode.get("sent") or {})
-    if decode.get("dropped"):
-        out["dropped"] = _sum(
-            out.get("dropped", {}), {f"decode:{k}": v for k, v in decode["dropped"].items()}
-        )
-    sinks = snap.get("sinks") or {}  # a dead incarnation's buffered results are lost: carried
-    out["sinks.unwritten"] = dict(sinks.get("unwritten") or {})
-    out["sinks.unwritten_offline"] = dict(sinks.get("unwritten_offline") or {})
-    return out
+    stage = snap.stage
+    dropped = {f"{snap.stage_name}:{k}": v for k, v in stage.dropped.items()}
+    dropped = _sum(dropped, {f"decode:{k}": v for k, v in snap.decode.dropped.items()})
+    return {
+        "published": dict(snap.published),
+        "batch_sizes": dict(snap.batch_sizes),
+        "stage.received": dict(stage.received),
+        "stage.sent": dict(stage.sent),
+        "stage.errors": dict(stage.errors),
+        "dropped": dropped,
+        "decode.sent": dict(snap.decode.sent),
+        # a dead incarnation's buffered results are lost: carried over like the counters
+        "sinks.unwritten": dict(snap.sinks.unwritten),
+        "sinks.unwritten_offline": dict(snap.sinks.unwritten_offline),
+    }

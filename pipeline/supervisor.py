@@ -197,15 +197,11 @@ class Supervisor:
         """/readyz: why the pipeline cannot do its job yet (empty: ready)."""
         reasons = [f"{k} not running" for k, v in self.liveness().items() if v is not True]
         procs = self.board.procs
-        if "detect" in self.children and not (
-            "detect" in procs and procs["detect"].snap.get("ready")
-        ):
+        if "detect" in self.children and not ("detect" in procs and procs["detect"].snap.ready):
             reasons.append("model not loaded")
         if "sink" in self.children and self.cfg.sinks.redis is not None:
-            redis = ((procs["sink"].snap.get("sinks") or {}) if "sink" in procs else {}).get(
-                "RedisSink"
-            ) or {}
-            if not redis.get("connected"):
+            redis = procs["sink"].snap.sinks.redis if "sink" in procs else None
+            if not (redis or {}).get("connected"):
                 reasons.append("redis sink not connected")
         return reasons
 
@@ -274,12 +270,12 @@ class Supervisor:
 
     def _generation_of(self, role: str) -> int:
         proc = self.board.procs.get(role)
-        return int(proc.snap.get("control_generation", -1)) if proc is not None else -1
+        return proc.snap.control_generation if proc is not None else -1
 
     def decode_cameras(self) -> dict[str, dict[str, Any]]:
         """Per camera, what decode reports: state, last_error, reconnects."""
         proc = self.board.procs.get("decode")
-        return dict(proc.snap.get("decode_cameras") or {}) if proc is not None else {}
+        return dict(proc.snap.decode_cameras) if proc is not None else {}
 
     def request_reload(self, why: str = "SIGHUP") -> None:
         """Re-read the config file in a thread (the poll loop keeps running)."""

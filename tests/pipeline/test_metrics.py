@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,34 @@ def test_setup_removes_stale_files(tmp_path: Path) -> None:
     finally:
         pm.teardown_multiprocess(folder)
     assert pm.ENV_DIR not in os.environ
+
+
+def test_stats_snapshots_cross_processes_as_plain_data_and_are_read_typed() -> None:
+    """A real Reporter puts a snapshot on a multiprocessing queue; the board reads it typed
+    (issue 12: the supervisor no longer digs dicts), and a restarted process's counters carry."""
+    from pipeline.stats import ProcSnapshot, Reporter, StatsBoard
+
+    q = mp.get_context("spawn").Queue()
+    rep = Reporter("sink", q)
+    rep.source(lambda: {"stage": {"received": {"a": 3}, "dropped": {("a", "queue_full"): 2}}})
+    rep.source(lambda: {"sinks": {"RedisSink": {"connected": True}, "unwritten": {"redis": 1}}})
+    rep.source(lambda: {"analytics": {"line_crossings": 4}})
+    rep.published_frame("a", 0.05, {})
+    rep.maybe_send(force=True)
+    board = StatsBoard()
+    deadline = time.monotonic() + 10
+    while not board.procs and time.monotonic() < deadline:
+        board.drain(q)
+        time.sleep(0.05)
+    snap = board.procs["sink"].snap
+    assert isinstance(snap, ProcSnapshot)
+    assert snap.stage.received == {"a": 3} and snap.stage.dropped == {"a|queue_full": 2}
+    assert snap.sinks.redis == {"connected": True} and snap.sinks.unwritten == {"redis": 1}
+    assert snap.published == {"a": 1} and snap.extra == {"analytics": {"line_crossings": 4}}
+    assert board.total("dropped") == {"sink:a|queue_full": 2}
+    # the process restarts (new pid) and counts from zero: the board's totals go on
+    board.update({**rep.snapshot(), "pid": snap.pid + 1, "stage": {"dropped": {"a|queue_full": 1}}})
+    assert board.total("dropped") == {"sink:a|queue_full": 3}
+    # what the dead incarnation still buffered is lost, plus what the new one buffers
+    assert board.unwritten() == {"redis": {"results": 2, "offline": 0}}
+    q.close()
