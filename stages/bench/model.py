@@ -83,7 +83,7 @@ def model_label(cfg: PipelineConfig) -> dict[str, Any]:
 
     m = cfg.model
     return {
-        "weights": str(m.weights) if m.weights is not None else None,
+        "weights": str(m.weights) if m.weights is not None else f"random {m.arch} (seeded)",
         "backend": m.backend,
         "device": resolve_device(m.device),
         "threads": m.threads,
