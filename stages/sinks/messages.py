@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from pipeline.payloads import TrackedObject, TrackLifecycleEvent, class_name
 from stages.track.types import TrackEvent, Tracks
 
@@ -34,18 +36,31 @@ def track_events_from(
     )
 
 
-def objects_from_tracks(
-    tracks: Tracks, class_names: Sequence[str] | Mapping[int, str]
+def tracked_objects(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    tracks: Tracks,
+    class_names: Sequence[str] | Mapping[int, str],
 ) -> tuple[TrackedObject, ...]:
-    """The tracker's column arrays (``stages.track.types.Tracks``) as `TrackedObject`s."""
-    columns = zip(
-        tracks.track_ids.tolist(),
-        tracks.class_ids.tolist(),
-        tracks.scores.tolist(),
-        tracks.boxes.tolist(),
-        strict=True,
-    )
+    """Every detection of a frame as a `TrackedObject`, in detection order: with its track's id
+    and box when a track took it (``tracks.detection_index``), else ``track_id`` None and the
+    detection's own box (unconfirmed objects are published too)."""
+    track_ids: list[int | None] = [None] * len(scores)
+    if len(tracks):
+        boxes = np.array(boxes, copy=True)
+        for row, det_index in enumerate(tracks.detection_index.tolist()):
+            track_ids[det_index] = int(tracks.track_ids[row])
+            boxes[det_index] = tracks.boxes[row]
     return tuple(
-        TrackedObject(tid, cid, class_name(class_names, cid), score, tuple(box))
-        for tid, cid, score, box in columns
+        TrackedObject(
+            tid, int(c), class_name(class_names, int(c)), float(s), (b[0], b[1], b[2], b[3])
+        )
+        for tid, c, s, b in zip(
+            track_ids,
+            np.asarray(class_ids).tolist(),
+            np.asarray(scores).tolist(),
+            np.asarray(boxes, np.float64).tolist(),
+            strict=True,
+        )
     )

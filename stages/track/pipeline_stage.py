@@ -22,9 +22,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, Message, TrackedMsg
-from pipeline.payloads import TrackedObject, class_name
 from pipeline.reorder import Reorderer
-from stages.sinks.messages import track_events_from
+from stages.sinks.messages import track_events_from, tracked_objects
 from stages.track.stage import TrackStage, TrackStageConfig
 
 log = logging.getLogger("edgestream.track")
@@ -130,27 +129,8 @@ class OrderedTrackStage:
         result = self.tracker.tracker(d.camera_id).update(
             d.boxes, d.scores, d.class_ids, d.capture_ts, features
         )
-        tracks = result.tracks
         names = self.config.class_names
-        track_ids: list[int | None] = [None] * len(d.scores)
-        boxes = d.boxes
-        if len(tracks):
-            boxes = boxes.copy()
-            for row, det_index in enumerate(tracks.detection_index.tolist()):
-                track_ids[det_index] = int(tracks.track_ids[row])
-                boxes[det_index] = tracks.boxes[row]
-        objects = tuple(
-            TrackedObject(
-                tid, int(c), class_name(names, int(c)), float(s), (b[0], b[1], b[2], b[3])
-            )
-            for tid, c, s, b in zip(
-                track_ids,
-                d.class_ids.tolist(),
-                d.scores.tolist(),
-                np.asarray(boxes, np.float64).tolist(),
-                strict=True,
-            )
-        )
+        objects = tracked_objects(d.boxes, d.scores, d.class_ids, result.tracks, names)
         return TrackedMsg(
             camera_id=d.camera_id,
             frame_id=d.frame_id,

@@ -208,15 +208,16 @@ def test_passwords_from_env_and_file_and_redaction(
 def test_frame_result_from_a_real_tracker(validators: dict) -> None:
     import numpy as np
 
-    from stages.sinks.messages import objects_from_tracks
+    from stages.sinks.messages import tracked_objects
     from stages.track.config import TrackerConfig
     from stages.track.tracker import Tracker
 
     tracker = Tracker(TrackerConfig(), frame_rate_hz=30)
     boxes = np.array([[10, 10, 50, 80], [100, 100, 150, 200]], np.float32)
     events = []
+    scores, class_ids = np.array([0.9, 0.8], np.float32), np.array([0, 2])
     for i in range(5):
-        out = tracker.update(boxes + i, np.array([0.9, 0.8], np.float32), np.array([0, 2]), T0 + i)
+        out = tracker.update(boxes + i, scores, class_ids, T0 + i)
         events += out.events
     frame = FrameResult(
         "cam1",
@@ -224,7 +225,7 @@ def test_frame_result_from_a_real_tracker(validators: dict) -> None:
         T0 + 4,
         640,
         480,
-        objects_from_tracks(out.tracks, ["person", "bicycle", "car"]),
+        tracked_objects(boxes + 4, scores, class_ids, out.tracks, ["person", "bicycle", "car"]),
         events=track_events_from(events, ["person", "bicycle", "car"]),
     )
     assert sorted((o.track_id, o.class_name) for o in frame.objects) == [(1, "person"), (2, "car")]
