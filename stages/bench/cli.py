@@ -384,6 +384,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             if eff_row is not None and top and not eff_row.get("error")
             else None
         ),
+        # the pipeline ran at capacity: its cameras offered more than it published
+        "efficiency_saturated": report.saturated(eff_row) if eff_row is not None else None,
         "p95_ms": args.p95_ms,
         "rate_fps": rate,
         "rate_share": report.RATE_SHARE,

@@ -52,6 +52,11 @@ def cameras_held(rows: Sequence[dict[str, Any]]) -> int:
     return held
 
 
+def saturated(row: dict[str, Any]) -> bool:
+    """The run's cameras offered at least 10 % more frames than it published in the window."""
+    return not row.get("error") and row.get("offered_fps", 0.0) >= 1.1 * row["fps"] > 0
+
+
 def ceiling(bare: Sequence[dict[str, Any]], max_batch: int) -> dict[str, Any] | None:
     """The bare model row with the most frames/s at a batch up to ``max_batch``."""
     rows = [r for r in bare if r["batch"] <= max_batch]
@@ -190,6 +195,11 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             f"{eff['cameras']} cameras at every frame (offered {eff.get('offered_fps', 0):.0f}/s) "
             f"/ {c['fps']:.1f} frames/s of the bare model (batch {c['batch']})"
         )
+        if not s.get("efficiency_saturated"):
+            lines.append(
+                "  (not at capacity: the cameras offered no more than the pipeline published; "
+                "raise --efficiency-cameras for a figure that means the ceiling)"
+            )
     for r in (s["rows"][:1], (base or {}).get("rows", [])[:1]):
         stages = r[0].get("stages_p50_ms") if r else None
         if stages:
