@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from stages.detect.model_files import ModelFileError, sniff
+from stages.detect.postprocess_np import NMS_OUTPUTS, RAW_OUTPUTS
 from stages.detect.types import ModelInfo
 
 BackendChoice = Literal["torch", "onnxruntime", "tensorrt"]
@@ -42,8 +44,6 @@ RUNS: dict[str, tuple[str, ...]] = {
     "tensorrt": ("tensorrt",),
 }
 """The formats each backend opens."""
-_ONNX_RAW = {"boxes", "scores"}
-_ONNX_NMS = {"num_dets", "det_boxes", "det_scores", "det_classes"}
 _KIND_WORDS = {
     "torch-zip": "a PyTorch checkpoint",
     "torch-legacy": "a PyTorch checkpoint",
@@ -59,10 +59,6 @@ _FORMAT_WORDS = {
 }
 
 
-class ModelFileError(ValueError):
-    """A weights file that cannot be used; the message starts with the file's path."""
-
-
 def backend_for_path(weights: str | Path) -> BackendChoice:
     """The backend ``backend: auto`` picks, from the file's suffix alone: .onnx ->
     onnxruntime, .engine/.plan/.trt -> tensorrt, anything else -> torch."""
@@ -72,27 +68,6 @@ def backend_for_path(weights: str | Path) -> BackendChoice:
     if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
     return "torch"
-
-
-def sniff(path: Path) -> str:
-    """The file's kind from its first bytes: ``torch-zip``, ``torch-legacy``,
-    ``safetensors``, ``json``, ``onnx?`` (a protobuf that may be ONNX) or ``unknown``.
-    Raises `ModelFileError` for an empty file."""
-    with path.open("rb") as f:
-        head = f.read(16)
-    if not head:
-        raise ModelFileError(f"{path}: the file is empty")
-    if head.startswith(b"PK\x03\x04"):
-        return "torch-zip"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "torch-legacy"
-    if len(head) >= 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
-        return "safetensors"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "json"
-    if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":  # ModelProto field 1: ir_version
-        return "onnx?"
-    return "unknown"
 
 
 def _is_text(path: Path) -> bool:
@@ -127,7 +102,9 @@ def describe(path: str | Path) -> ModelInfo:
     if path.suffix.lower() in ENGINE_SUFFIXES:
         return _describe_engine(path, kind)
     if kind in ("torch-zip", "torch-legacy", "safetensors"):
-        return _describe_checkpoint(path, kind)
+        from stages.detect.weights import describe_checkpoint  # torch: only for checkpoints
+
+        return describe_checkpoint(path, kind)
     if kind == "onnx?":
         return _describe_onnx(path)
     what = "a text file" if _is_text(path) else "a file of unknown content"
@@ -218,28 +195,6 @@ def info_from_onnx_metadata(
 # ------------------------------------------------------------------------------ formats
 
 
-def _describe_checkpoint(path: Path, kind: str) -> ModelInfo:
-    from stages.detect import weights as w
-
-    sd, info = w.read_weights(path)  # WeightsError (a ValueError) names the file and problem
-    if not any(k.startswith(("backbone.", "neck.", "heads.")) for k in sd):
-        keys = ", ".join(list(sd)[:3])  # another network: no need to compare it with each arch
-        raise ModelFileError(
-            f"{path}: the weights match no YOLO-NAS architecture: none of their keys is a "
-            f"YOLO-NAS backbone/neck/heads key (e.g. {keys}); is this another network?"
-        )
-    if w.CLS_KEY not in sd:
-        raise w._arch_error(path, sd, None)
-    arch = info.arch if info.arch in w.ARCHS and not any(w._mismatch(sd, info.arch)) else None
-    arch = arch or w.infer_arch(sd)
-    if arch is None:
-        raise w._arch_error(path, sd, None)
-    n = int(sd[w.CLS_KEY].shape[0])
-    names = info.class_names if len(info.class_names) == n else []
-    fmt: Format = "safetensors" if kind == "safetensors" else "torch"
-    return ModelInfo(arch, n, names, info.input_hw, format=fmt, backend="torch")
-
-
 def _describe_onnx(path: Path) -> ModelInfo:
     try:
         model = _read_onnx(path)
@@ -266,16 +221,16 @@ def _describe_onnx(path: Path) -> ModelInfo:
         raise ModelFileError(f"{path}: the input's H/W must be fixed, got {dims[2:]}")
     outputs = dict(model.outputs)
     num_classes: int | None = None
-    if set(outputs) == _ONNX_RAW:
+    if set(outputs) == set(RAW_OUTPUTS):
         nms = "none"
         scores = outputs["scores"]
         num_classes = scores[-1] if scores and isinstance(scores[-1], int) else None
-    elif set(outputs) == _ONNX_NMS:
+    elif set(outputs) == set(NMS_OUTPUTS):
         nms = "tensorrt" if "EfficientNMS_TRT" in model.ops else "onnx"
     else:
         raise ModelFileError(
             f"{path}: outputs {sorted(outputs)} are not a YOLO-NAS export's: expected "
-            f"{sorted(_ONNX_RAW)} (nms='none') or {sorted(_ONNX_NMS)} (in-graph NMS)"
+            f"{sorted(RAW_OUTPUTS)} (nms='none') or {sorted(NMS_OUTPUTS)} (in-graph NMS)"
         )
     for where in model.external:  # weights stored beside the .onnx (models over 2 GB)
         if not (path.parent / where).is_file():

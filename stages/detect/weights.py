@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stages.detect.describe import ModelFileError, sniff
+from stages.detect.model_files import ModelFileError, sniff
 from stages.detect.nn import ARCHS, YoloNAS
 from stages.detect.types import ModelInfo
 
@@ -354,6 +354,28 @@ def _arch_error(path: Path, sd: Mapping[str, Tensor], arch: str | None) -> Weigh
             hint += "; these look like fused (re-parameterised) weights: use the unfused ones"
     what = f"do not fit {arch}" if arch else "match no YOLO-NAS architecture (S, M or L)"
     return WeightsError(f"{path}: the weights {what}: {', '.join(parts)}{hint}")
+
+
+def describe_checkpoint(path: Path, kind: str) -> ModelInfo:
+    """`stages.detect.describe.describe` for a PyTorch checkpoint or safetensors file (``kind``
+    as `sniff` says): arch and class count from the keys and shapes, without building it."""
+    sd, info = read_weights(path)  # WeightsError (a ValueError) names the file and problem
+    if not any(k.startswith(("backbone.", "neck.", "heads.")) for k in sd):
+        keys = ", ".join(list(sd)[:3])  # another network: no need to compare it with each arch
+        raise ModelFileError(
+            f"{path}: the weights match no YOLO-NAS architecture: none of their keys is a "
+            f"YOLO-NAS backbone/neck/heads key (e.g. {keys}); is this another network?"
+        )
+    if CLS_KEY not in sd:
+        raise _arch_error(path, sd, None)
+    arch = info.arch if info.arch in ARCHS and not any(_mismatch(sd, info.arch)) else None
+    arch = arch or infer_arch(sd)
+    if arch is None:
+        raise _arch_error(path, sd, None)
+    n = int(sd[CLS_KEY].shape[0])
+    names = info.class_names if len(info.class_names) == n else []
+    fmt = "safetensors" if kind == "safetensors" else "torch"
+    return ModelInfo(arch, n, names, info.input_hw, format=fmt, backend="torch")
 
 
 def load_model(

@@ -288,3 +288,15 @@ def test_describe_only_reads(tiny_onnx: Path) -> None:
     before = tiny_onnx.read_bytes()
     describe(tiny_onnx)
     assert tiny_onnx.read_bytes() == before
+
+
+def test_describe_and_weights_do_not_import_each_other_both_ways() -> None:
+    """weights builds on the leaf model_files, not on describe (the old describe <-> weights
+    cycle); describe needs weights (torch) only to describe a checkpoint."""
+    code = (
+        "import sys\nimport stages.detect.weights\nprint('stages.detect.describe' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip() == "False", out.stderr
