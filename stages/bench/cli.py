@@ -147,8 +147,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source",
         default=SYNTHETIC,
-        help="synthetic (default), a video FILE played "
-        "live and looped, or a URL (rtsp://...) every camera opens",
+        help="synthetic (default), a video FILE played live and looped, rtsp or rtsp:FILE "
+        "(served by a local GStreamer RTSP server, a mount per camera; needs a checkout), or "
+        "a URL every camera opens ({index}: the camera's number)",
     )
     p.add_argument(
         "--size",
@@ -239,7 +240,10 @@ def prepare(args: argparse.Namespace) -> tuple[Any, Any]:
             "weights": str(m.weights),
             "backend": m.backend,
         }
-    setup.source = resolve_source(args.source, workdir, args.size, args.scene_seconds)
+    cameras = max([*getattr(args, "cameras", [1]), getattr(args, "efficiency_cameras", 0) or 0])
+    setup.source = resolve_source(
+        args.source, workdir, args.size, args.scene_seconds, cameras=cameras
+    )
     return setup, cfg
 
 
@@ -252,11 +256,16 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     if args.seconds <= 0:
         raise ValueError(f"--seconds {args.seconds:g}: must be > 0")
-    setup, cfg = prepare(args)
-    batches = sorted(set(args.batch or [1, cfg.batching.max_batch]))
-    if batches[0] < 1:
+    batches = sorted(set(args.batch or []))
+    if batches and batches[0] < 1:
         raise ValueError(f"--batch {batches}: batch sizes must be >= 1")
-    rows = bench_model(cfg, sample_frames(setup.source), batches, args.seconds)
+    setup, cfg = prepare(args)
+    try:
+        frames = sample_frames(setup.source)
+    finally:
+        setup.source.close()
+    batches = batches or sorted({1, cfg.batching.max_batch})
+    rows = bench_model(cfg, frames, batches, args.seconds)
     label = model_label(cfg)
     print(
         f"bare model: {label['weights']} on {label['backend']}/{label['device']}, "
@@ -320,6 +329,15 @@ def check_pipeline_args(args: argparse.Namespace) -> list[int]:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    counts = check_pipeline_args(args)
+    setup, cfg = prepare(args)
+    try:
+        return _bench_pipeline(args, setup, cfg, counts)
+    finally:
+        setup.source.close()  # the local RTSP server, if any
+
+
+def _bench_pipeline(args: argparse.Namespace, setup: Any, cfg: Any, counts: list[int]) -> int:
     from tqdm import tqdm
 
     from stages.bench import report
@@ -327,8 +345,6 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from stages.bench.runs import run_edgestream, run_loop
     from stages.bench.sources import sample_frames
 
-    counts = check_pipeline_args(args)
-    setup, cfg = prepare(args)
     detect_fps = args.detect_fps or None
     setup.detect_fps, setup.redis_url = detect_fps, args.redis
     setup.seconds, setup.warmup_s = args.seconds, args.warmup

@@ -5,6 +5,8 @@
   played as a live camera (a file source with ``loop: true`` under the live policy: frames
   leave at the file's frame rate, the newest frame wins).
 - a video FILE: every camera plays it the same way.
+- ``rtsp`` (or ``rtsp:FILE``): the synthetic scenes (the FILE) served over RTSP by a local
+  GStreamer server, one mount per camera (`stages.bench.rtsp`);
 - a URL (``rtsp://``, ``http(s)://``): every camera opens it (``{index}`` in it becomes the
   camera's number, 1, 2, ...: one mount per camera); the source paces itself.
 """
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +42,11 @@ class Source:
     urls: tuple[str, ...]
     fps: float | None
     label: str
+    server: Any = field(default=None, compare=False)  # the local RTSP server (`close()` it)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
 
     @property
     def is_file(self) -> bool:
@@ -70,8 +78,18 @@ def resolve_source(
     size: tuple[int, int] = DEFAULT_SIZE,
     scene_seconds: float = 20.0,
     scenes: int = DEFAULT_SCENES,
+    cameras: int = 1,
 ) -> Source:
-    """The `Source` for ``--source SPEC`` (synthetic scenes are written now if not cached)."""
+    """The `Source` for ``--source SPEC`` (synthetic scenes are written now if not cached;
+    ``rtsp`` / ``rtsp:FILE`` start the local RTSP server with ``cameras`` mounts)."""
+    if spec == "rtsp" or (spec.startswith("rtsp:") and "://" not in spec):
+        from stages.bench.rtsp import RtspServer
+
+        inner = SYNTHETIC if spec == "rtsp" else spec[len("rtsp:") :]
+        media = resolve_source(inner, workdir, size, scene_seconds, scenes)
+        server = RtspServer(media.urls, cameras)
+        label = f"{media.label} over RTSP (local GStreamer server, a mount per camera)"
+        return Source("url", (server.url_template,), media.fps, label, server)
     if spec == SYNTHETIC:
         from stages.demo.scenes import ensure_scenes
 

@@ -136,6 +136,60 @@ def test_bench_pipeline_with_loop_real_redis(
     assert (width, height) == (1210, 462)  # 11 x 4.2 inches at 110 dpi
 
 
+@pytest.mark.rtsp
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bench_pipeline_over_rtsp(tmp_path: Path, require: Callable[[str | None], None]) -> None:
+    """``--source rtsp``: the scenes served by the local GStreamer server, a mount per camera;
+    the server is gone afterwards."""
+    import psutil
+
+    if str(REPO / "tests" / "decode") not in sys.path:
+        sys.path.insert(0, str(REPO / "tests" / "decode"))
+    from rtsp_harness import gstreamer_missing
+
+    require(gstreamer_missing())
+    out_json = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "bench",
+        "pipeline",
+        "--source",
+        "rtsp",
+        "--cameras",
+        "2",
+        "--seconds",
+        "3",
+        "--warmup",
+        "1",
+        "--p95-ms",
+        "1000",
+        "--efficiency-cameras",
+        "0",
+        "--bare-seconds",
+        "0.5",
+        "--workdir",
+        str(tmp_path / "work"),
+        *SMALL,
+        "--json",
+        str(out_json),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = json.loads(out_json.read_text())
+    assert "over RTSP" in s["source"] and s["efficiency"] is None
+    (row,) = s["rows"]
+    _check_row(row, 2, 1000.0, 5.0)
+    leftovers = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert leftovers == []
+
+
 def test_bench_model_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.json"
     code = main(
