@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import PipelineConfig, load_config
-from pipeline.payloads import FrameResult, TrackedObject
+from pipeline.payloads import FrameResult
 
 log = logging.getLogger("edgestream.bench.loop")
 
@@ -127,6 +127,7 @@ class Loop:
     # ------------------------------------------------------------------ inference loop
     def infer(self, detector: Any, batch: int, write: Any) -> None:
         from pipeline.procs import tracker_config
+        from stages.sinks.messages import tracked_objects
         from stages.track.tracker import Tracker
 
         rates = {
@@ -163,21 +164,8 @@ class Loop:
             t_detect = time.time()
             for (cam, fid, ts, img), (det, feats) in zip(taken, results, strict=True):
                 out = trackers[cam].update(det.boxes, det.scores, det.class_ids, ts, features=feats)
-                ids: list[int | None] = [None] * len(det.scores)
-                boxes = det.boxes.copy()
-                for row, di in enumerate(out.tracks.detection_index.tolist()):
-                    ids[di] = int(out.tracks.track_ids[row])
-                    boxes[di] = out.tracks.boxes[row]
-                objects = [
-                    TrackedObject(tid, int(c), names[int(c)], float(s), tuple(b))
-                    for tid, c, s, b in zip(
-                        ids,
-                        det.class_ids.tolist(),
-                        det.scores.tolist(),
-                        boxes.tolist(),
-                        strict=True,
-                    )
-                ]
+                # the published objects as the track stage builds them (one definition)
+                objects = tracked_objects(det.boxes, det.scores, det.class_ids, out.tracks, names)
                 h, w = img.shape[:2]
                 result = FrameResult(
                     cam, fid, ts, w, h, objects, stage_ts={"detect": t_detect, "track": time.time()}
