@@ -91,7 +91,8 @@ class SinkStage:
                 self.on_published(msg.camera_id, time.time() - start, msg.stage_ts)
         elif isinstance(msg, EndMsg):
             self.ended.add(msg.camera_id)
-            log.info("camera %s: end of file (last seq %d) published", msg.camera_id, msg.last_seq)
+            what = "end of file" if msg.camera_id in self.file_cameras else "camera ended"
+            log.info("camera %s: %s (last seq %d) published", msg.camera_id, what, msg.last_seq)
             if self.expected and self.expected <= self.ended and not self.done:
                 self._close_sinks()
                 self.done = True
