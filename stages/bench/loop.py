@@ -50,6 +50,7 @@ class Slot:
 
     frame: np.ndarray | None = None
     capture_ts: float = 0.0
+    decoded_ts: float = 0.0  # when decode handed it over (the "decode" stage time)
     frame_id: int = -1
     offered: int = 0
     superseded: int = 0
@@ -116,6 +117,7 @@ class Loop:
                                 if slot.frame is not None:
                                     slot.superseded += 1
                                 slot.frame, slot.capture_ts = rgb, ts
+                                slot.decoded_ts = time.time()
                                 slot.frame_id += 1
                                 slot.offered += 1
                                 self.cond.notify()
@@ -150,11 +152,11 @@ class Loop:
                     self.cond.wait(0.1)
                     continue
                 turn = (cams.index(ready[:batch][-1]) + 1) % len(cams)
-                taken: list[tuple[str, int, float, np.ndarray]] = []
+                taken: list[tuple[str, int, float, float, np.ndarray]] = []
                 for cam in ready[:batch]:
                     s = self.slots[cam]
                     assert s.frame is not None
-                    taken.append((cam, s.frame_id, s.capture_ts, s.frame))
+                    taken.append((cam, s.frame_id, s.capture_ts, s.decoded_ts, s.frame))
                     s.frame = None
             images = [f for *_, f in taken]
             if appearance:
@@ -162,13 +164,19 @@ class Loop:
             else:
                 results = [(d, None) for d in detector.detect(images)]
             t_detect = time.time()
-            for (cam, fid, ts, img), (det, feats) in zip(taken, results, strict=True):
+            for (cam, fid, ts, decoded, img), (det, feats) in zip(taken, results, strict=True):
                 out = trackers[cam].update(det.boxes, det.scores, det.class_ids, ts, features=feats)
                 # the published objects as the track stage builds them (one definition)
                 objects = tracked_objects(det.boxes, det.scores, det.class_ids, out.tracks, names)
                 h, w = img.shape[:2]
                 result = FrameResult(
-                    cam, fid, ts, w, h, objects, stage_ts={"detect": t_detect, "track": time.time()}
+                    cam,
+                    fid,
+                    ts,
+                    w,
+                    h,
+                    objects,
+                    stage_ts={"decode": decoded, "detect": t_detect, "track": time.time()},
                 )
                 write(cam, result)
                 self.slots[cam].published += 1
