@@ -147,6 +147,9 @@ def _row(
     row.update(window_stats(docs, cfg.camera_ids, t0, t1))
     row.update(accounting(counters))
     row.update(procs)
+    # the machine's 1-minute load average at the end of the window: other work on the box
+    # (compare it with the core count) makes every figure of the row noisier
+    row["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if gpu is not None:
         row["gpu"] = gpu
     return row
