@@ -140,6 +140,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
             "CPU cores",
             "PSS MB",
             "batch",
+            "load",
             "held",
         ]
     ]
@@ -156,6 +157,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
                 f"{r['cpu_cores']:.2f}",
                 f"{mem:.0f}" if mem is not None else "-",
                 f"{r['mean_batch']:.1f}" if r.get("mean_batch") else "-",
+                f"{r['load_avg_1m']:.1f}" if r.get("load_avg_1m") is not None else "-",
                 "yes" if r["held"] else "no",
             ]
         )
