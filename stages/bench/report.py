@@ -126,9 +126,13 @@ def _lat(row: dict[str, Any]) -> str:
 
 
 def table_rows(summary: dict[str, Any]) -> list[list[str]]:
-    """Header and one line per (count, system), counts ascending, edgestream first."""
+    """Header and one line per (count, system), counts ascending, edgestream first; then the
+    efficiency run."""
     rows = list(summary["rows"]) + list((summary.get("baseline") or {}).get("rows", []))
     rows.sort(key=lambda r: (r["cameras"], r["system"] != "edgestream"))
+    eff = summary.get("efficiency_run")
+    if eff is not None:  # last: the efficiency run, every frame of every camera
+        rows.append({**eff, "system": "edgestream, every frame", "held": None})
     out = [
         [
             "cameras",
@@ -158,7 +162,7 @@ def table_rows(summary: dict[str, Any]) -> list[list[str]]:
                 f"{mem:.0f}" if mem is not None else "-",
                 f"{r['mean_batch']:.1f}" if r.get("mean_batch") else "-",
                 f"{r['load_avg_1m']:.1f}" if r.get("load_avg_1m") is not None else "-",
-                "yes" if r["held"] else "no",
+                "-" if r["held"] is None else "yes" if r["held"] else "no",
             ]
         )
     return out
