@@ -258,10 +258,18 @@ def cmd_tensorrt(args: argparse.Namespace) -> None:
                        dynamic_batch=True, input_hw=info.input_hw,
                        class_names=info.class_names or None)  # fmt: skip
     t0 = time.perf_counter()
-    engine = build_engine(onnx, precision="fp16", max_batch=max(args.batch),
-                          cache_dir=args.work / "engines", progress=False)  # fmt: skip
+    precision = "fp16"
+    try:
+        engine = build_engine(onnx, precision=precision, max_batch=max(args.batch),
+                              cache_dir=args.work / "engines", progress=False)  # fmt: skip
+    except Exception as e:  # TensorRT 11 needs ModelOpt for FP16 of a plain ONNX: say so
+        print(f"TensorRT: FP16 build failed ({type(e).__name__}: {e}); building FP32")
+        precision = "fp32"
+        engine = build_engine(onnx, precision=precision, max_batch=max(args.batch),
+                              cache_dir=args.work / "engines", progress=False)  # fmt: skip
     build_s = time.perf_counter() - t0
-    print(f"TensorRT {trt.__version__}: engine built (or found) in {build_s:.0f} s: {engine}")
+    print(f"TensorRT {trt.__version__}: {precision} engine built (or found) in {build_s:.0f} s: "
+          f"{engine}")  # fmt: skip
     backend = TensorRTBackend(engine, max_batch=max(args.batch))
     torch_backend = open_torch(args.weights, "cuda", max(args.batch))
     frames = letterboxed(scenes(args), info.input_hw, max(args.batch))
@@ -273,12 +281,13 @@ def cmd_tensorrt(args: argparse.Namespace) -> None:
         n_ref = sum(len(d) for d in ref)
         matched = sum(_matched(x, y) for x, y in zip(a, ref, strict=True))
         rows.append({**r, "detections": n_ref, "matched_iou_0.9": matched})
-        print(f"TensorRT fp16 batch {b:3d}: {r['fps']:8.1f} frames/s "
+        print(f"TensorRT {precision} batch {b:3d}: {r['fps']:8.1f} frames/s "
               f"({r['ms_per_batch']:.2f} ms per batch); {matched} of {n_ref} PyTorch "
               "detections matched (same class, IoU >= 0.9)")  # fmt: skip
     backend.close()
     torch_backend.close()
-    result("tensorrt", ran=True, version=trt.__version__, build_s=build_s, rows=rows)
+    result("tensorrt", ran=True, version=trt.__version__, precision=precision, build_s=build_s,
+           rows=rows)  # fmt: skip
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -315,13 +324,17 @@ def cmd_letterbox(args: argparse.Namespace) -> None:
 
     from stages.detect.preprocess import letterbox, letterbox_device, resize_to_for
 
+    video = args.video
+    if not video.is_file():  # a machine without the shared clips: a synthetic scene instead
+        print(f"letterbox: {video} is not here; using a synthetic scene")
+        video = scenes(args)[0]
     backend = open_torch(args.weights, args.device, 8)
     hw = backend.info.input_hw
     diffs: list[float] = []
     n_ref = n_match = n_got = 0
     cpu_ms: list[float] = []
     dev_ms: list[float] = []
-    with av.open(str(args.video)) as c:
+    with av.open(str(video)) as c:
         for i, frame in enumerate(c.decode(video=0)):
             if i % 3:
                 continue
@@ -352,7 +365,7 @@ def cmd_letterbox(args: argparse.Namespace) -> None:
         "opencv_ms": statistics.median(cpu_ms),
         "device_ms": statistics.median(dev_ms),
     }
-    print(f"letterbox on {args.device} vs OpenCV, {fig['frames']} frames of {args.video.name}: "
+    print(f"letterbox on {args.device} vs OpenCV, {fig['frames']} frames of {video.name}: "
           f"mean |pixel diff| {fig['mean_abs_pixel_diff']:.2f}; detections {n_got} vs {n_ref}, "
           f"{n_match} matched (same class, IoU >= 0.5): agreement {fig['agreement']:.3f}; "
           f"{fig['device_ms']:.2f} ms (device), {fig['opencv_ms']:.2f} ms (OpenCV)")  # fmt: skip
