@@ -142,7 +142,8 @@ def read_redis(url: str, cameras: int) -> list[dict[str, Any]]:
 
 
 def run(video: Path, weights: Path, cameras: int, detect_fps: float, seconds: float,
-        threads: int, work: Path, redis_url: str | None) -> dict[str, Any]:  # fmt: skip
+        threads: int, work: Path, redis_url: str | None,
+        redis_options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     from pipeline.config import PipelineConfig
     from pipeline.run import Pipeline
 
@@ -150,7 +151,7 @@ def run(video: Path, weights: Path, cameras: int, detect_fps: float, seconds: fl
     sinks: dict[str, Any] = {"jsonl": {"path": str(out / "{camera}.jsonl"),
                                        "flush_each_line": True}}  # fmt: skip
     if redis_url is not None:
-        sinks = {"redis": {"url": redis_url}}
+        sinks = {"redis": {"url": redis_url, **redis_options}}
     cfg = PipelineConfig.model_validate(
         {
             "name": f"budget{int(time.time()) % 100000}",
@@ -216,10 +217,13 @@ def main() -> int:
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--redis", action="store_true", help="publish to a local redis-server")
+    ap.add_argument("--redis-flush-ms", type=float, default=None,
+                    help="sinks.redis.flush_interval_ms (default: the sink's)")  # fmt: skip
     ap.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = ap.parse_args()
 
     bare_before = bare_model(args.weights, args.threads, args.video)
+    flush = {} if args.redis_flush_ms is None else {"flush_interval_ms": args.redis_flush_ms}
     with tempfile.TemporaryDirectory(prefix="edgestream-budget-") as tmp:
         server = None
         if args.redis:
@@ -229,7 +233,8 @@ def main() -> int:
             server = RedisServer(Path(tmp) / "redis").start()
         try:
             r = run(args.video, args.weights, args.cameras, args.detect_fps, args.seconds,
-                    args.threads, Path(tmp), server.url if server else None)  # fmt: skip
+                    args.threads, Path(tmp), server.url if server else None,
+                    flush)  # fmt: skip
         finally:
             if server is not None:
                 server.stop()
