@@ -232,7 +232,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         "drops": drops,
         "exit": code,
     }
-    print(f"pipeline, {args.cameras} synthetic 1080p cameras offering "
+    print(f"pipeline, {args.cameras} synthetic {args.scene_size} cameras offering "
           f"{fig['offered_fps']:.0f} frames/s, max_batch {batch}: {fps:.1f} frames/s published "
           f"= {fig['efficiency']:.2f} x bare {bare:.1f} frames/s; capture->publish p50 "
           f"{p50:.0f} / p95 {p95:.0f} ms; mean batch {fig['mean_batch']}; exit {code}; "
