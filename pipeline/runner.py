@@ -122,6 +122,7 @@ def run_stage(
     # A stage with next_deadline: after a message, read on without waiting until the socket
     # is empty (at most poll_ms at a stretch), then tick if its deadline has come.
     reading_since: float | None = None
+    burst = 0  # messages read back to back since reading_since
 
     def due(now: float) -> bool:
         if reading_since is not None and now - reading_since < poll_ms / 1000:
@@ -133,9 +134,10 @@ def run_stage(
 
     def recv_wait_ms(now: float) -> int:
         if reading_since is not None:
-            # reading what waits: ZeroMQ refills the socket's queue from the sender's in the
-            # background (past the receive high-water mark), so "empty" is a 1 ms wait, not 0
-            return 1
+            # reading what waits. After a burst, ZeroMQ refills the socket's queue from the
+            # sender's in the background (past the receive high-water mark), so "empty" is a
+            # 1 ms wait then; a lone message (one camera) does not pay it
+            return 1 if burst > 1 else 0
         wait = poll_ms if tick is not None else 100
         d = deadline_of() if deadline_of is not None else None
         if d is not None:
@@ -216,6 +218,7 @@ def run_stage(
                 # a deadline stage reads what arrived meanwhile before its next batch (the
                 # newest frames replace older ones), then ticks again at once if one is due
                 reading_since = time.monotonic() if deadline_of is not None and ticked else None
+                burst = 0
             if receiver is None:
                 time.sleep(poll_ms / 1000)
                 continue
@@ -227,9 +230,11 @@ def run_stage(
                 continue
             if msg is None:
                 reading_since = None
+                burst = 0
                 continue
             if deadline_of is not None and reading_since is None:
                 reading_since = time.monotonic()
+            burst += 1
             emit(handle(msg), forwarded=msg)
         if receiver is not None:  # stopped: what upstream (stopped before us) sent still counts
             drain_until = time.monotonic() + drain_timeout_s / 2
