@@ -1,7 +1,7 @@
 """Sink stage adapter: `TrackedMsg` → `FrameResult` → every configured sink (Redis, JSON lines).
 
 Capture-to-publish latency is observed here, per camera, when a frame is handed to the sinks
-(the Redis sink writes asynchronously, within ``flush_interval_ms`` more when Redis is up).
+(the Redis sink writes asynchronously: at once, or within ``flush_interval_ms`` when set).
 
 Nothing is dropped here: every result that reaches this stage was computed, and is published,
 however old it is (frames are skipped ahead of detect, never after).

@@ -3,6 +3,63 @@
 `RedisSinkConfig` is also the ``sinks.redis`` section of the pipeline config, as it is: the one
 definition of every Redis setting (bounds and descriptions included). Schema only: it imports
 nothing from the stages, so loading a config does not load the sink.
+
+The settings in detail:
+
+Connection
+----------
+url: ``redis://host:port/db`` or ``rediss://`` for TLS. Credentials may be in the URL but
+    belong in ``password_env`` / ``password_file``: a URL ends up in shell history and
+    process lists. Every log line and error shows the URL with its password redacted.
+username: ACL user (Redis 6+); None uses the URL's user or ``default``.
+password_env: name of an environment variable holding the password (it must be set when the
+    config is made; its value is read at ``setup()``).
+password_file: file holding the password (a mounted Secret); trailing newline stripped.
+    Wins over ``password_env``, which wins over a password in the URL.
+tls_ca_file / tls_cert_file / tls_key_file: PEM files for ``rediss://``: the CA that
+    signed the server's certificate (None: the system store), and a client certificate and
+    key when the server sets ``tls-auth-clients yes``.
+tls_check_hostname: verify that the server certificate names the URL's host. Turn off
+    only for servers reached by an address their certificate does not list.
+connect_timeout_s / socket_timeout_s: bound every connect and every reply. A flush that
+    gets no reply within ``socket_timeout_s`` counts as an outage and is retried.
+
+Streams
+-------
+key_template: stream of detection messages, one per camera (one key per camera also
+    spreads cameras over hash slots in Redis Cluster).
+events_key_template: stream of track lifecycle events; None: events are not published.
+maxlen: ``XADD ... MAXLEN ~ maxlen``: approximate cap on entries per stream (Redis trims
+    whole nodes, so a stream holds slightly more). 30 fps x 10 min = 18000.
+events_maxlen: the same for the events streams.
+publish_channel: if set, each detections message is also PUBLISHed (same JSON) on this
+    channel, for dashboards that want a push; Pub/Sub is fire-and-forget, streams are not.
+latest_hash: if set, a hash per camera keeps the newest message (fields ``data``,
+    ``frame_id``, ``entry_id``): what a dashboard reads on load.
+
+Batching and outages
+--------------------
+flush_interval_ms: the longest a message waits in the sink before its flush starts, when
+    Redis is up. 0 (default): at once when no flush is in flight, and what arrives during
+    a flush goes in the next, so batches grow with the load by themselves (Nagle-like,
+    without the wait). Higher: fewer round trips (each ~50-100 us of CPU), more latency.
+max_batch_messages: messages per pipelined round trip; a full batch flushes at once.
+max_buffer_messages / max_buffer_bytes: the outage buffer (queued plus in flight; bytes
+    of JSON). When either is hit, the oldest queued message is dropped and counted
+    (``dropped["buffer_full"]``): live consumers want the newest frames. Messages a failed
+    flush had sent are kept (Redis may have them), so the count is exact. Size it as
+    ``outage_s x cameras x fps`` messages of ~3 KB (20 objects).
+reconnect_backoff_min_s / reconnect_backoff_max_s: wait between reconnect attempts,
+    doubling from min to max, with +-20 % jitter so many edge boxes do not reconnect in
+    lockstep. After an outage, the buffer is written within about max of this.
+close_timeout_s: how long ``close()`` keeps trying to write what is buffered; what is left
+    is counted as ``dropped["shutdown"]``. Results of offline cameras are waited for
+    without this limit at the end of a run, and for this long after a stop request.
+give_up_after_s: offline cameras (``realtime: false``) lose nothing to an outage: the sink
+    holds the pipeline while its buffer is full and the run ends once every result is
+    written. After an outage of this many seconds it gives up holding: offline results are
+    then buffered like live ones, what is lost is counted (``dropped["gave_up"]``) and the
+    run exits non-zero. None: never give up (wait for Redis as long as it takes).
 """
 
 from __future__ import annotations
@@ -40,60 +97,7 @@ CameraTemplate = Annotated[str, BeforeValidator(_expand), AfterValidator(_camera
 
 
 class RedisSinkConfig(StrictModel):
-    """Where and how the Redis sink writes. Every template takes ``{camera}``.
-
-    Connection
-    ----------
-    url: ``redis://host:port/db`` or ``rediss://`` for TLS. Credentials may be in the URL but
-        belong in ``password_env`` / ``password_file``: a URL ends up in shell history and
-        process lists. Every log line and error shows the URL with its password redacted.
-    username: ACL user (Redis 6+); None uses the URL's user or ``default``.
-    password_env: name of an environment variable holding the password (read at ``setup()``).
-    password_file: file holding the password (a mounted Secret); trailing newline stripped.
-        Wins over ``password_env``, which wins over a password in the URL.
-    tls_ca_file / tls_cert_file / tls_key_file: PEM files for ``rediss://``: the CA that
-        signed the server's certificate (None: the system store), and a client certificate and
-        key when the server sets ``tls-auth-clients yes``.
-    tls_check_hostname: verify that the server certificate names the URL's host. Turn off
-        only for servers reached by an address their certificate does not list.
-    connect_timeout_s / socket_timeout_s: bound every connect and every reply. A flush that
-        gets no reply within ``socket_timeout_s`` counts as an outage and is retried.
-
-    Streams
-    -------
-    key_template: stream of detection messages, one per camera (one key per camera also
-        spreads cameras over hash slots in Redis Cluster).
-    events_key_template: stream of track lifecycle events; None: events are not published.
-    maxlen: ``XADD ... MAXLEN ~ maxlen``: approximate cap on entries per stream (Redis trims
-        whole nodes, so a stream holds slightly more). 30 fps x 10 min = 18000.
-    events_maxlen: the same for the events streams.
-    publish_channel: if set, each detections message is also PUBLISHed (same JSON) on this
-        channel, for dashboards that want a push; Pub/Sub is fire-and-forget, streams are not.
-    latest_hash: if set, a hash per camera keeps the newest message (fields ``data``,
-        ``frame_id``, ``entry_id``): what a dashboard reads on load.
-
-    Batching and outages
-    --------------------
-    flush_interval_ms: the longest a message waits in the sink before its flush starts, when
-        Redis is up. Lower: less latency, more round trips (each is ~50-100 us of CPU).
-    max_batch_messages: messages per pipelined round trip; a full batch flushes at once.
-    max_buffer_messages / max_buffer_bytes: the outage buffer (queued plus in flight; bytes
-        of JSON). When either is hit, the oldest queued message is dropped and counted
-        (``dropped["buffer_full"]``): live consumers want the newest frames. Messages a failed
-        flush had sent are kept (Redis may have them), so the count is exact. Size it as
-        ``outage_s x cameras x fps`` messages of ~3 KB (20 objects).
-    reconnect_backoff_min_s / reconnect_backoff_max_s: wait between reconnect attempts,
-        doubling from min to max, with +-20 % jitter so many edge boxes do not reconnect in
-        lockstep. After an outage, the buffer is written within about max of this.
-    close_timeout_s: how long ``close()`` keeps trying to write what is buffered; what is left
-        is counted as ``dropped["shutdown"]``. Results of offline cameras are waited for
-        without this limit at the end of a run, and for this long after a stop request.
-    give_up_after_s: offline cameras (``realtime: false``) lose nothing to an outage: the sink
-        holds the pipeline while its buffer is full and the run ends once every result is
-        written. After an outage of this many seconds it gives up holding: offline results are
-        then buffered like live ones, what is lost is counted (``dropped["gave_up"]``) and the
-        run exits non-zero. None: never give up (wait for Redis as long as it takes).
-    """
+    """Where and how the Redis sink writes. Every template takes ``{camera}``."""
 
     url: Annotated[str, BeforeValidator(_expand), AfterValidator(_redis_url)] = Field(
         default="redis://localhost:6379/0",
@@ -152,10 +156,12 @@ class RedisSinkConfig(StrictModel):
         description="Hash per camera keeping the newest message (has {camera}); null: off.",
     )
     flush_interval_ms: float = Field(
-        default=10.0,
-        gt=0,
+        default=0.0,
+        ge=0,
         le=10_000,
-        description="Longest a message waits before its flush (ms, 0..10000).",
+        description="Longest a message waits before its flush starts (ms, 0..10000). 0: at "
+        "once when no flush is in flight; what arrives during one goes in the next, so batches "
+        "grow with the load by themselves. More trades latency for fewer round trips.",
     )
     max_batch_messages: int = Field(
         default=500, ge=1, le=100_000, description="Messages per pipelined round trip (1..100000)."
