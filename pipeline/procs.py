@@ -379,11 +379,8 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     stage = DetectStage(
         lambda: open_backend_from(cfg),
         DetectStageConfig(
-            b.max_batch,
-            b.max_wait_ms,
-            b.slots_per_camera,
-            b.max_frame_age_ms,
-            _realtime(cfg),
+            **b.model_dump(),
+            realtime_cameras=_realtime(cfg),
             appearance=cfg.tracker.appearance_weight > 0,  # only if the tracker uses them
             calibration=_calibration(cfg),
         ),

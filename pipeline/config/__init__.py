@@ -7,14 +7,13 @@ The package, one module per concern (each well under 400 lines):
 * `runtime`: transport (edges, CURVE), metrics, logging;
 * `cameras`: what every camera inherits (the decode stage's `DecodeSettings` and the later
   stages' per-camera settings), an entry of `cameras`, their merge;
-* `detect`: the detect sections (not yet moved to their stage);
-* `pipeline`: `PipelineConfig`, every section together (the stages' own models, e.g.
-  `stages.track.config.TrackerSection`, `stages.sinks.config.SinksConfig`), cross-checks,
-  secrets;
+* `pipeline`: `PipelineConfig`, every section together (the stages' own models:
+  `stages.detect.config`, `stages.track.config`, `stages.sinks.config`), cross-checks, secrets;
 * `loading`: `load_config`, `validate_config`, `quick_config`.
 
 `cameras`, `pipeline` and `loading` import the stages' config models; they are loaded on first
-use of their names (`PipelineConfig`, `load_config`...), so ``import pipeline.config`` loads no stage.
+use of their names (`PipelineConfig`, `load_config`...), so ``import pipeline.config`` loads no
+stage.
 
 Every model forbids unknown keys, every field says its unit and bounds. Read a file with
 `load_config`; build one without YAML with `quick_config` (``edgestream run --camera ...``).
@@ -64,8 +63,8 @@ from pipeline.config.base import (
     WeightsFile,
     expand_env,
     read_secret_file,
+    resolve_device,
 )
-from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig, resolve_device
 from pipeline.config.errors import format_errors
 from pipeline.config.runtime import (
     DEFAULT_METRICS_PORT,
@@ -95,12 +94,16 @@ if TYPE_CHECKING:
         validate_config,
     )
     from pipeline.config.pipeline import PipelineConfig, TrackerSection
+    from stages.detect.config import BatchingConfig, ModelConfig, PreprocessConfig
     from stages.sinks.config import JsonlSinkConfig, SinksConfig, VideoSection
     from stages.sinks.redis.config import RedisSinkConfig
 
 # The composed config imports the stages' config models: loaded on first use, so importing
 # `pipeline.config` (the runtime core does) loads no stage.
 _COMPOSED = {
+    "ModelConfig": "stages.detect.config",
+    "BatchingConfig": "stages.detect.config",
+    "PreprocessConfig": "stages.detect.config",
     "CameraDefaults": "pipeline.config.cameras",
     "CameraEntry": "pipeline.config.cameras",
     "CameraSettings": "pipeline.config.cameras",

@@ -25,11 +25,11 @@ from pipeline.config.base import (
     StrictModel,
 )
 from pipeline.config.cameras import CameraDefaults, CameraEntry, CameraSettings
-from pipeline.config.detect import BatchingConfig, ModelConfig, PreprocessConfig
 from pipeline.config.preview import PreviewConfig
 from pipeline.config.runtime import LoggingConfig, MetricsConfig, TransportConfig
 from pipeline.control import ControlConfig
 from pipeline.redact import REDACTED, redact_text, redact_url
+from stages.detect.config import BatchingConfig, ModelConfig, PreprocessConfig
 from stages.sinks.config import SinksConfig
 from stages.track.config import TrackerSection
 

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Container, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
 
 from pipeline.batching import BatchPolicy
 from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, ItemMsg, Message
 from pipeline.runner import FatalStageError
 from stages.detect.appearance import describe
 from stages.detect.batch_calibration import BatchPlan, CalibrationKey, CalibrationSpec, calibrate
+from stages.detect.config import BatchingConfig
 from stages.detect.gather import CudaGatherer, Gathered, HostGatherer
 from stages.detect.types import Backend, Detections
 
@@ -42,15 +43,13 @@ log = logging.getLogger("edgestream.detect.stage")
 STAGE = "detect"
 
 
-@dataclass(frozen=True)
-class DetectStageConfig:
-    """max_batch: images per backend call (<= the backend's max_batch).
-    max_wait_ms: how long the first item of a batch may wait for company.
-    slots_per_camera: frames of one live camera that may wait ahead of the model; a newer
-        one replaces the oldest (``superseded``).
-    max_frame_age_ms: with more than one slot, a waiting live frame older than this is
-        superseded by a newer one of its camera (the newest is never dropped); None: never.
-    realtime_cameras: the live cameras (newest frame wins); the others are never dropped.
+class DetectStageConfig(BatchingConfig):
+    """The batching section as it is (`BatchingConfig`: max_batch, max_wait_ms,
+    slots_per_camera, max_frame_age_ms, calibrate; one definition of each) and what the
+    wiring adds at run time:
+
+    realtime_cameras: the live cameras (newest frame wins); the others are never dropped. Any
+        container (the runtime's policy object, which follows live camera changes).
     appearance: compute each detection's appearance descriptor for the tracker
         (`stages.detect.appearance`, from the letterboxed image the model saw, on its device).
     calibration: measure at set-up what each batch size buys on the loaded model (cached) and
@@ -58,11 +57,9 @@ class DetectStageConfig:
         (`stages.detect.batch_calibration`); None: batch up to ``max_batch`` as given.
     """
 
-    max_batch: int = 8
-    max_wait_ms: float = 10.0
-    slots_per_camera: int = 1
-    max_frame_age_ms: float | None = 1000.0
-    realtime_cameras: Container[str] = field(default_factory=frozenset)
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    realtime_cameras: Any = Field(default_factory=frozenset)
     appearance: bool = False
     calibration: CalibrationSpec | None = None
 

@@ -1,4 +1,9 @@
-"""The detector, batching and preprocess sections."""
+"""The detect stage's settings: the model, batching and preprocess sections of the pipeline config.
+
+One definition each: the pipeline config composes these models as they are, and the detect
+stage's own `DetectStageConfig` extends `BatchingConfig`. Schema only (pydantic and
+`pipeline.config.base`): loading a config does not load the detector.
+"""
 
 from __future__ import annotations
 
@@ -165,14 +170,3 @@ class PreprocessConfig(StrictModel):
         description="Preprocess processes (1..32). Each letterboxes ~1 frame per 2-5 ms of CPU; "
         "more than the cores left after decode and detect only adds contention.",
     )
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; others unchanged."""
-    if device != "auto":
-        return device
-    try:
-        import torch
-    except ImportError:
-        return "cpu"
-    return "cuda" if torch.cuda.is_available() else "cpu"
