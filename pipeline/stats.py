@@ -4,9 +4,12 @@ Each process has a `Reporter`: the stage code feeds it (frames published and the
 batch sizes, camera states) and every ``interval_s`` it puts one plain-dict snapshot of its
 cumulative counters on a multiprocessing queue. The supervisor's `StatsBoard` keeps the latest
 snapshot per process and carries the totals of earlier incarnations of a restarted process, so
-every counter it exposes is monotonic. The board serves the periodic summary line,
-`Pipeline.stats()` (per camera) and the Prometheus metrics (deltas applied by the supervisor),
-so /metrics is served by one process and no multiprocess metric files are needed.
+every counter it exposes is monotonic. The board is what the supervisor itself reads: the
+periodic summary line, `Pipeline.stats()` and ``GET /cameras`` (per camera), readiness, and what
+a run could not write (its exit code). Prometheus is the other path, by design: each process
+writes its own metric values (`pipeline.metrics`, prometheus_client's multiprocess files; the
+Reporter turns the snapshot's cumulative counters into increments there), and /metrics
+aggregates the files. The two read the same counters, so they agree.
 """
 
 from __future__ import annotations
