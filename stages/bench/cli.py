@@ -51,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "pipeline (real processes and sinks) and measure published frames/s, drops by reason, "
         "capture→publish p50/p95/p99, CPU and memory (GPU when there is one). Then the largest "
         "count that holds --p95-ms with every camera at >= 90 % of its detect rate, and the "
-        "efficiency: frames/s published with the largest count at every frame ÷ the bare "
+        "efficiency: the most frames/s published by a run at capacity ÷ the bare "
         "model's frames/s, measured in the same run.",
     )
     _common(q)
@@ -393,15 +393,15 @@ def _bench_pipeline(args: argparse.Namespace, setup: Any, cfg: Any, counts: list
     bare = report.average_bare(bare_before, bare_after)
     top = report.ceiling(bare, cfg.batching.max_batch)
     held = report.cameras_held(rows["edgestream"])
+    eff, eff_from, at_capacity = report.efficiency(rows["edgestream"], eff_row, top)
     summary: dict[str, Any] = {
         "cameras_held": held,
-        "efficiency": (
-            round(eff_row["fps"] / top["fps"], 3)
-            if eff_row is not None and top and not eff_row.get("error")
-            else None
-        ),
-        # the pipeline ran at capacity: its cameras offered more than it published
-        "efficiency_saturated": report.saturated(eff_row) if eff_row is not None else None,
+        "efficiency": eff,
+        # the run it comes from, and whether its cameras offered more than it published
+        "efficiency_from": None
+        if eff_from is None
+        else {k: eff_from.get(k) for k in ("cameras", "detect_fps", "fps", "offered_fps")},
+        "efficiency_saturated": at_capacity,
         "p95_ms": args.p95_ms,
         "rate_fps": rate,
         "rate_share": report.RATE_SHARE,
