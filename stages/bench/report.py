@@ -54,8 +54,12 @@ def cameras_held(rows: Sequence[dict[str, Any]]) -> int:
 
 
 def saturated(row: dict[str, Any]) -> bool:
-    """The run's cameras offered at least 10 % more frames than it published in the window."""
-    return not row.get("error") and row.get("offered_fps", 0.0) >= 1.1 * row["fps"] > 0
+    """The run was at capacity: its cameras offered at least 10 % more frames than it published
+    in the window, and it dropped frames (newest frame wins) — the offered rate alone, from
+    counters sampled once a second, is noisy over a short window."""
+    offered = row.get("offered_fps", 0.0)
+    dropped = sum((row.get("drops") or {}).values())
+    return not row.get("error") and offered >= 1.1 * row["fps"] > 0 and dropped > 0
 
 
 def efficiency(

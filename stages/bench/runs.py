@@ -9,9 +9,9 @@ is one. Then stop, and account for every frame offered from the counters at the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,7 +100,10 @@ class BenchSetup:
             finally:
                 client.close()
         assert cfg.sinks.jsonl is not None
-        return read_jsonl(Path(cfg.sinks.jsonl.path).parent)
+        folder = Path(cfg.sinks.jsonl.path).parent
+        docs = read_jsonl(folder)
+        shutil.rmtree(folder, ignore_errors=True)  # read: the bench's own files, gone
+        return docs
 
 
 def _sleep_until(t: float, tick: Tick, label: str, fatal: Callable[[], str | None]) -> None:
@@ -285,6 +288,5 @@ def run_loop(
     counters = json.loads(counters_path.read_text())
     row = _row("loop", cfg, setup.read_docs(cfg), t0, t1, counters, usage, gpu_usage, detect_fps)
     row["exit"] = proc.returncode
-    with contextlib.suppress(OSError):
-        counters_path.unlink()
+    shutil.rmtree(folder, ignore_errors=True)  # kept only when the loop failed (its stderr)
     return row
