@@ -57,6 +57,8 @@ def _exposed_names(monkeypatch: pytest.MonkeyPatch) -> set[str]:
     m.sync_redis({"published": 1, "events_published": 1, "dropped": {"buffer_full": 1},
                   "reconnects": 1, "connected": True})  # fmt: skip
     m.sync_counter(m.edge_auth_refused_total, ("items",), 1)
+    m.line_crossed("cam", "door", "in", "person")
+    m.zone_occupancy("cam", "lobby", "person", 1)
     sampled = {s.name for family in registry.collect() for s in family.samples}
     assert sampled <= names and sampled >= {n for n in names if not n.endswith("_created")}
     return names
