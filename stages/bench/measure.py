@@ -137,22 +137,26 @@ def accounting(cameras: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 class ProcSampler:
-    """CPU time and memory of the processes ``pids()`` names, between `start` and `stop`."""
+    """CPU time and memory of the processes ``pids()`` names (``{name: pid}``, e.g. the
+    supervisor's children), between `start` and `stop`."""
 
-    def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
+    def __init__(self, pids: Callable[[], Mapping[str, int]]) -> None:
         import psutil
 
         self._psutil = psutil
         self._pids = pids
         self._t0 = 0.0
         self._cpu0: dict[int, float] = {}
+        self._role: dict[int, str] = {}
 
     def _cpu(self) -> dict[int, float]:
         out = {}
-        for pid in self._pids():
+        self._role = {}
+        for name, pid in self._pids().items():
             try:
                 t = self._psutil.Process(pid).cpu_times()
                 out[pid] = t.user + t.system
+                self._role[pid] = name.rstrip("0123456789") or name  # preprocess3: preprocess
             except self._psutil.Error:
                 continue
         return out
@@ -162,12 +166,17 @@ class ProcSampler:
         self._cpu0 = self._cpu()
 
     def stop(self) -> dict[str, Any]:
-        """``{"cpu_cores", "rss_mb", "pss_mb" (Linux), "processes"}``: CPU seconds per
-        second over the window (1.0 = one core busy), memory summed at the end (RSS counts
-        shared memory in every process that maps it; PSS shares it out)."""
+        """``{"cpu_cores", "cpu_by_role", "rss_mb", "pss_mb" (Linux), "processes"}``: CPU
+        seconds per second over the window (1.0 = one core busy), in all and by role (the
+        preprocess workers together), memory summed at the end (RSS counts shared memory in
+        every process that maps it; PSS shares it out)."""
         cpu1 = self._cpu()
         span = max(1e-9, time.monotonic() - self._t0)
-        used = sum(t - self._cpu0.get(pid, 0.0) for pid, t in cpu1.items())
+        by_role: dict[str, float] = {}
+        for pid, t in cpu1.items():
+            role = self._role.get(pid, str(pid))
+            by_role[role] = by_role.get(role, 0.0) + t - self._cpu0.get(pid, 0.0)
+        used = sum(by_role.values())
         rss = pss = 0.0
         has_pss = True
         for pid in cpu1:
@@ -180,7 +189,11 @@ class ProcSampler:
                     has_pss = False
             except self._psutil.Error:
                 continue
-        out: dict[str, Any] = {"cpu_cores": round(used / span, 2), "rss_mb": round(rss / 2**20, 1)}
+        out: dict[str, Any] = {
+            "cpu_cores": round(used / span, 2),
+            "cpu_by_role": {k: round(v / span, 2) for k, v in sorted(by_role.items())},
+            "rss_mb": round(rss / 2**20, 1),
+        }
         if has_pss:
             out["pss_mb"] = round(pss / 2**20, 1)
         out["processes"] = len(cpu1)

@@ -242,6 +242,13 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
                 f"{r[0]['system']} at {r[0]['cameras']} camera(s), median ms from "
                 f"capture to the end of each stage: {path}"
             )
+    top = [r for r in (s["rows"][-1:], (base or {}).get("rows", [])[-1:]) if r]
+    for (row,) in top:
+        if row.get("cpu_by_role"):
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in row["cpu_by_role"].items())
+            lines.append(
+                f"{row['system']} at {row['cameras']} camera(s), CPU cores by process: {parts}"
+            )
     for r in [*s["rows"], *((base or {}).get("rows", []))]:
         if r.get("unaccounted"):
             lines.append(

@@ -167,7 +167,7 @@ def run_edgestream(
     cfg = setup.validate(setup.config_data("es", cameras, detect_fps))
     label = f"edgestream, {cameras} camera(s)"
     pipe = Pipeline(cfg, log_level="WARNING", model=setup.model_info)
-    procs = ProcSampler(lambda: pipe.stats()["pids"].values())
+    procs = ProcSampler(lambda: pipe.stats()["pids"])
     gpu = GpuSampler()
 
     def fatal() -> str | None:
@@ -250,7 +250,7 @@ def run_loop(
 
     reader = threading.Thread(target=read_stdout, name="loop-stdout", daemon=True)
     reader.start()
-    procs = ProcSampler(lambda: [proc.pid])
+    procs = ProcSampler(lambda: {"loop": proc.pid})
     gpu = GpuSampler()
 
     def fatal() -> str | None:

@@ -17,11 +17,13 @@ written once into ``--work``), so postprocess sees real detections.
   sync per image and NMS pass) and batched (`stages.detect.postprocess.postprocess_batched`),
   ms each (median of 20, synchronised), and whether the detections are the same.
 - ``pipeline``: the whole process tree with ``--cameras`` live synthetic 1080p cameras (each
-  a scene played in a loop at 25 frames/s), ``batching.max_batch`` ``--batch``; published
-  frames/s over a ``--seconds`` window, capture->publish p50/p95, drops, and ``efficiency`` =
-  published frames/s / the bare model's frames/s at that batch (measured before and after in
-  the same run, averaged). Cameras offer 25 x N frames/s: at 16 and 32 cameras more than the
-  demo model takes, so the pipeline runs at capacity.
+  a scene played in a loop at ``--scene-fps``, 25 by default), ``batching.max_batch``
+  ``--batch``; published frames/s over a ``--seconds`` window, capture->publish p50/p95, the p50
+  of each stage mark, drops, GPU utilisation and memory (pynvml, when it answers), and
+  ``efficiency`` = published frames/s / the bare model's frames/s at that batch (measured before
+  and after in the same run, averaged). Whether the cameras offer more than the model takes
+  depends on the GPU: ``offered_fps`` is printed beside it; a higher ``--scene-fps`` offers more
+  (a capacity run: the pipeline's own ceiling and which stage sets it).
 - ``tensorrt``: when ``import tensorrt`` works, the demo model exported to ONNX (uint8 input,
   dynamic batch) and built into an FP16 engine (profile 1..max ``--batch``), its frames/s at
   each batch and its detections against the PyTorch model's; otherwise one line saying so.
@@ -46,7 +48,6 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO)]
 DEMO = REPO / "stages" / "detect" / "models" / "demo.pth"
 VIDEO = REPO.parent / "shared" / "data" / "media" / "car-detection.mp4"
-SCENE_FPS = 25.0
 
 
 def result(check: str, **figures: Any) -> None:
@@ -58,8 +59,9 @@ def scenes(args: argparse.Namespace, n: int = 4) -> list[Path]:
 
     t0 = time.perf_counter()
     w, h = (int(v) for v in args.scene_size.split("x"))
-    paths = ensure_scenes(args.work, n, args.scene_seconds, size=(w, h), fps=SCENE_FPS)
-    print(f"scenes: {n} x {args.scene_seconds:g} s of {w}x{h}@{SCENE_FPS:g} "
+    fps = args.scene_fps
+    paths = ensure_scenes(args.work, n, args.scene_seconds, size=(w, h), fps=fps)
+    print(f"scenes: {n} x {args.scene_seconds:g} s of {w}x{h}@{fps:g} "
           f"({time.perf_counter() - t0:.0f} s to make or find)")  # fmt: skip
     return paths
 
@@ -168,6 +170,7 @@ def cmd_postprocess(args: argparse.Namespace) -> None:
 def cmd_pipeline(args: argparse.Namespace) -> None:
     from pipeline.config import PipelineConfig
     from pipeline.run import Pipeline
+    from stages.bench.measure import GpuSampler, ProcSampler
 
     paths = scenes(args)
     (batch,) = args.batch[:1]
@@ -201,7 +204,14 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
                 raise RuntimeError("nothing published within 180 s")
             time.sleep(0.2)
         t0 = time.time() + 5.0
+        time.sleep(max(0.0, t0 - time.time()))
+        gpu = GpuSampler()
+        procs = ProcSampler(lambda: pipe.stats()["pids"])
+        gpu.start()
+        procs.start()
         time.sleep(max(0.0, t0 + args.seconds - time.time()))
+        cpu = procs.stop()
+        gpu_fig = gpu.stop() or {}
         t1 = time.time()
     finally:
         code = pipe.stop()
@@ -219,24 +229,42 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         for reason, k in c["dropped"].items():
             drops[reason] = drops.get(reason, 0) + k
     p50, p95 = (float(np.percentile(lat, q)) if lat.size else float("nan") for q in (50, 95))
+    marks = sorted(
+        {k for d in window for k in d["latency_ms"]},
+        key=lambda k: float(
+            np.median([d["latency_ms"][k] for d in window if k in d["latency_ms"]])
+        ),
+    )
+    stages_p50 = {
+        k: round(float(np.median([d["latency_ms"][k] for d in window if k in d["latency_ms"]])), 1)
+        for k in marks
+    }
     fig = {
         "cameras": args.cameras,
         "batch": batch,
-        "offered_fps": args.cameras * SCENE_FPS,
+        "scene": f"{args.scene_size}@{args.scene_fps:g}",
+        "offered_fps": args.cameras * args.scene_fps,
         "published_fps": fps,
         "bare_fps": bare,
         "efficiency": fps / bare,
         "p50_ms": p50,
         "p95_ms": p95,
+        "stages_p50_ms": stages_p50,
         "mean_batch": stats["batches"].get("mean_size"),
         "drops": drops,
+        "gpu_util_mean": gpu_fig.get("util_pct_mean"),
+        "gpu_mem_mb_max": gpu_fig.get("mem_used_mb_max"),
+        **cpu,
         "exit": code,
     }
     print(f"pipeline, {args.cameras} synthetic {args.scene_size} cameras offering "
           f"{fig['offered_fps']:.0f} frames/s, max_batch {batch}: {fps:.1f} frames/s published "
           f"= {fig['efficiency']:.2f} x bare {bare:.1f} frames/s; capture->publish p50 "
           f"{p50:.0f} / p95 {p95:.0f} ms; mean batch {fig['mean_batch']}; exit {code}; "
-          f"drops {drops}")  # fmt: skip
+          f"drops {drops}; GPU util {fig['gpu_util_mean']} %, "
+          f"memory {fig['gpu_mem_mb_max']} MB")  # fmt: skip
+    print(f"  where the time goes (p50 ms since capture, by stage mark): {stages_p50}")
+    print(f"  CPU: {cpu.get('cpu_cores')} cores in all; by process: {cpu.get('cpu_by_role')}")
     result("pipeline", **fig)
 
 
@@ -385,6 +413,7 @@ def main() -> int:
     ap.add_argument("--preprocess-workers", type=int, default=8)
     ap.add_argument("--scene-size", default="1920x1080", help="synthetic cameras' WxH")
     ap.add_argument("--scene-seconds", type=float, default=8.0)
+    ap.add_argument("--scene-fps", type=float, default=25.0, help="synthetic cameras' frames/s")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgestream-gpu")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

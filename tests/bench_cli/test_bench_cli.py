@@ -39,6 +39,14 @@ def _check_row(row: dict[str, Any], cameras: int, bound: float, rate: float | No
     lat = row["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert row["cpu_cores"] > 0 and row["rss_mb"] > 0
+    # CPU by process role sums to the total (each rounded to 0.01)
+    by_role = row["cpu_by_role"]
+    assert by_role and all(v >= 0 for v in by_role.values())
+    assert sum(by_role.values()) == pytest.approx(row["cpu_cores"], abs=0.01 * len(by_role) + 0.01)
+    if row["system"] == "edgestream":
+        assert {"decode", "detect", "preprocess"} <= set(by_role), by_role
+    else:
+        assert set(by_role) == {"loop"}
     # where the time goes: ms since capture at the end of each stage, in order, ending at publish
     stages = row["stages_p50_ms"]
     assert list(stages)[-1] == "publish" and stages["publish"] == lat["p50"]
