@@ -272,15 +272,15 @@ def _force_send(reporter: Reporter) -> Callable[[], None]:
     return lambda: reporter.maybe_send(force=True)
 
 
-def _track_control(spec: ChildSpec, stage: Any, names: list[str], stop: Any,
-                   reporter: Reporter) -> None:  # fmt: skip
-    """Live camera changes for track, from a thread: the class filters, live cameras and
-    frame rates of the new config replace the stage's (each is swapped whole, read per
-    message); a removed camera's tracker is dropped in-band, at its end marker."""
-    import dataclasses
-
+def _control_thread(spec: ChildSpec, stage_name: str, apply: Callable[[PipelineConfig], str],
+                    stop: Any, reporter: Reporter) -> None:  # fmt: skip
+    """Live camera changes from a thread: each new config from the supervisor's queue
+    (``spec.control``) goes to ``apply``, which returns what it changed for the log line; the
+    generation applied is reported at once. Inert without a control queue."""
     from pipeline.control import read_control
 
+    if spec.control is None:
+        return
     generation = -1
     reporter.source(lambda: {"control_generation": generation})
 
@@ -292,18 +292,29 @@ def _track_control(spec: ChildSpec, stage: Any, names: list[str], stop: Any,
                 continue
             gen, new = got
             if new is not None:
-                stage.config = dataclasses.replace(
-                    stage.config,
-                    classes=class_filter_of(new, names),
-                    realtime_cameras=_realtime(new),
-                )
-                stage.tracker.config = track_stage_config(new)
-                log.info("track: cameras now %s (generation %d)", ", ".join(new.camera_ids), gen)
+                what = apply(new)
+                log.info("%s: %s (generation %d)", stage_name, what, gen)
             generation = gen
             reporter.maybe_send(force=True)
 
-    if spec.control is not None:
-        threading.Thread(target=loop, name="track-control", daemon=True).start()
+    threading.Thread(target=loop, name=f"{stage_name}-control", daemon=True).start()
+
+
+def _track_control(spec: ChildSpec, stage: Any, names: list[str], stop: Any,
+                   reporter: Reporter) -> None:  # fmt: skip
+    """Live camera changes for track: the class filters, live cameras and frame rates of the
+    new config replace the stage's (each is swapped whole, read per message); a removed
+    camera's tracker is dropped in-band, at its end marker."""
+    import dataclasses
+
+    def apply(new: PipelineConfig) -> str:
+        stage.config = dataclasses.replace(
+            stage.config, classes=class_filter_of(new, names), realtime_cameras=_realtime(new)
+        )
+        stage.tracker.config = track_stage_config(new)
+        return f"cameras now {', '.join(new.camera_ids)}"
+
+    _control_thread(spec, "track", apply, stop, reporter)
 
 
 def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
@@ -569,31 +580,14 @@ def run_sink(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
 
 def _sink_control(spec: ChildSpec, apply: Callable[[PipelineConfig], None], stop: Any,
                   reporter: Reporter) -> None:  # fmt: skip
-    """Live camera changes for the sink, from a thread: each new config's zones and lines
-    replace the analytics' (a camera whose zones or lines changed counts afresh). Inert until
-    the supervisor gives the sink a control queue (``spec.control``)."""
-    from pipeline.control import read_control
+    """Live camera changes for the sink: each new config's zones and lines replace the
+    analytics' (a camera whose zones or lines changed counts afresh)."""
 
-    if spec.control is None:
-        return
-    generation = -1
-    reporter.source(lambda: {"control_generation": generation})
+    def applied(new: PipelineConfig) -> str:
+        apply(new)
+        return f"zones and lines of {', '.join(new.camera_ids)}"
 
-    def loop() -> None:
-        nonlocal generation
-        while not stop.wait(0.1):
-            got = read_control(spec.control)
-            if got is None:
-                continue
-            gen, new = got
-            if new is not None:
-                apply(new)
-                cams = ", ".join(new.camera_ids)
-                log.info("sink: zones and lines of %s (generation %d)", cams, gen)
-            generation = gen
-            reporter.maybe_send(force=True)
-
-    threading.Thread(target=loop, name="sink-control", daemon=True).start()
+    _control_thread(spec, "sink", applied, stop, reporter)
 
 
 def _sink_enrich(spec: ChildSpec, cfg: PipelineConfig, reporter: Reporter, stop: Any) -> Any:
