@@ -41,6 +41,31 @@ Tick = Callable[[str], None]
 CONFIG_SECTIONS = ("model", "batching", "preprocess", "tracker")
 
 
+def live_config(
+    name: str,
+    cameras: list[dict[str, Any]],
+    sinks: dict[str, Any],
+    detect_fps: float | None = None,
+    summary_interval_s: float = 0.0,
+    log_level: str = "INFO",
+    **sections: Any,
+) -> dict[str, Any]:
+    """The config data of a bench run of live cameras (what ``edgestream run -c`` would read):
+    ``cameras`` played in real time, ``detect_fps`` per camera (None: every frame), results to
+    ``sinks``, no metrics port; ``sections`` (model, batching, preprocess, tracker, ...) as
+    they are. One definition for `BenchSetup` and the scripts in tests/bench."""
+    return {
+        **sections,
+        "name": name,
+        "realtime": True,
+        "camera_defaults": {"detect_fps": detect_fps} if detect_fps else {},
+        "cameras": cameras,
+        "sinks": sinks,
+        "metrics": {"port": 0},
+        "logging": {"level": log_level, "summary_interval_s": summary_interval_s},
+    }
+
+
 @dataclass
 class BenchSetup:
     """Everything a run needs. ``base``: config sections (model, batching, ...) as data."""
@@ -75,16 +100,8 @@ class BenchSetup:
         else:
             path = self.workdir / "runs" / tag / "{camera}.jsonl"
             sinks = {"jsonl": {"path": str(path), "events": False}}
-        return {
-            **self.base,
-            "name": tag.replace("-", "_")[:32],
-            "realtime": True,
-            "camera_defaults": {"detect_fps": detect_fps} if detect_fps else {},
-            "cameras": cams,
-            "sinks": sinks,
-            "metrics": {"port": 0},
-            "logging": {"level": "WARNING", "summary_interval_s": 0},
-        }
+        name = tag.replace("-", "_")[:32]
+        return live_config(name, cams, sinks, detect_fps, log_level="WARNING", **self.base)
 
     def validate(self, data: dict[str, Any]) -> PipelineConfig:
         return validate_config(data, base_dir=self.base_dir, source="edgestream bench")

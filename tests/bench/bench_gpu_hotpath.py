@@ -171,6 +171,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     from pipeline.config import PipelineConfig
     from pipeline.run import Pipeline
     from stages.bench.measure import GpuSampler, ProcSampler
+    from stages.bench.runs import live_config
 
     paths = scenes(args)
     (batch,) = args.batch[:1]
@@ -179,22 +180,21 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     bare_before = bare_fps(backend, frames, 3.0)
     backend.close()
     out = Path(tempfile.mkdtemp(prefix="edgestream-gpu-pipeline-", dir=args.work))
+    cameras = [
+        {"id": f"cam{i:02d}", "url": str(paths[i % len(paths)]), "loop": True}
+        for i in range(args.cameras)
+    ]
+    sinks = {"jsonl": {"path": str(out / "{camera}.jsonl"), "events": False}}
     cfg = PipelineConfig.model_validate(
-        {
-            "name": f"gpu{int(time.time()) % 100000}",
-            "realtime": True,
-            "cameras": [
-                {"id": f"cam{i:02d}", "url": str(paths[i % len(paths)])}
-                for i in range(args.cameras)
-            ],
-            "camera_defaults": {"loop": True},
-            "model": {"weights": str(args.weights), "backend": "torch", "device": args.device},
-            "batching": {"max_batch": batch, "max_wait_ms": args.max_wait_ms},
-            "preprocess": {"workers": args.preprocess_workers},
-            "sinks": {"jsonl": {"path": str(out / "{camera}.jsonl"), "events": False}},
-            "metrics": {"port": 0},
-            "logging": {"summary_interval_s": 5},
-        }
+        live_config(
+            f"gpu{int(time.time()) % 100000}",
+            cameras,
+            sinks,
+            summary_interval_s=5,
+            model={"weights": str(args.weights), "backend": "torch", "device": args.device},
+            batching={"max_batch": batch, "max_wait_ms": args.max_wait_ms},
+            preprocess={"workers": args.preprocess_workers},
+        )
     )
     pipe = Pipeline(cfg).start()
     try:

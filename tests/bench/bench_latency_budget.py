@@ -146,28 +146,24 @@ def run(video: Path, weights: Path, cameras: int, detect_fps: float, seconds: fl
         redis_options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     from pipeline.config import PipelineConfig
     from pipeline.run import Pipeline
+    from stages.bench.runs import live_config
 
     out = work / "out"
     sinks: dict[str, Any] = {"jsonl": {"path": str(out / "{camera}.jsonl"),
                                        "flush_each_line": True}}  # fmt: skip
     if redis_url is not None:
         sinks = {"redis": {"url": redis_url, **redis_options}}
+    cameras_ = [{"id": f"cam{i}", "url": str(video), "loop": True} for i in range(cameras)]
+    model = {"weights": str(weights), "backend": "onnxruntime", "device": "cpu", "threads": threads}
     cfg = PipelineConfig.model_validate(
-        {
-            "name": f"budget{int(time.time()) % 100000}",
-            "realtime": True,
-            "cameras": [{"id": f"cam{i}", "url": str(video)} for i in range(cameras)],
-            "camera_defaults": {"loop": True, "detect_fps": detect_fps},
-            "model": {
-                "weights": str(weights),
-                "backend": "onnxruntime",
-                "device": "cpu",
-                "threads": threads,
-            },
-            "sinks": sinks,
-            "metrics": {"port": 0},
-            "logging": {"summary_interval_s": 10},
-        }
+        live_config(
+            f"budget{int(time.time()) % 100000}",
+            cameras_,
+            sinks,
+            detect_fps,
+            summary_interval_s=10,
+            model=model,
+        )
     )
     pipe = Pipeline(cfg).start()
     try:

@@ -87,25 +87,22 @@ def run_pipeline(model: Path, video: Path, cameras: int, detect_fps: float, seco
                  threads: int, work: Path, batching: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     from pipeline.config import PipelineConfig
     from pipeline.run import Pipeline
+    from stages.bench.runs import live_config
 
     out = work / "out"
+    cameras_ = [{"id": f"cam{i}", "url": str(video), "loop": True} for i in range(cameras)]
+    model_ = {"weights": str(model), "backend": "onnxruntime", "device": "cpu", "threads": threads}
+    sinks = {"jsonl": {"path": str(out / "{camera}.jsonl"), "flush_each_line": True}}
     cfg = PipelineConfig.model_validate(
-        {
-            "name": f"overload{int(time.time()) % 100000}",
-            "realtime": True,
-            "cameras": [{"id": f"cam{i}", "url": str(video)} for i in range(cameras)],
-            "camera_defaults": {"loop": True, "detect_fps": detect_fps},
-            "model": {
-                "weights": str(model),
-                "backend": "onnxruntime",
-                "device": "cpu",
-                "threads": threads,
-            },
-            "sinks": {"jsonl": {"path": str(out / "{camera}.jsonl"), "flush_each_line": True}},
-            "metrics": {"port": 0},
-            "logging": {"summary_interval_s": 5},
-            "batching": batching,
-        }
+        live_config(
+            f"overload{int(time.time()) % 100000}",
+            cameras_,
+            sinks,
+            detect_fps,
+            summary_interval_s=5,
+            model=model_,
+            batching=batching,
+        )
     )
     pipe = Pipeline(cfg).start()
     try:
