@@ -279,6 +279,7 @@ def cmd_tensorrt(args: argparse.Namespace) -> None:
     from stages.detect.backends.tensorrt_backend import TensorRTBackend
     from stages.detect.engine_cache import build_engine
     from stages.detect.export import export_onnx
+    from stages.detect.quantize import match_detections
     from stages.detect.weights import load_model
 
     model, info = load_model(args.weights)
@@ -307,7 +308,7 @@ def cmd_tensorrt(args: argparse.Namespace) -> None:
         a = backend.infer(frames[:b])
         ref = torch_backend.infer(frames[:b])
         n_ref = sum(len(d) for d in ref)
-        matched = sum(_matched(x, y) for x, y in zip(a, ref, strict=True))
+        matched = sum(len(match_detections(y, x, 0.9)) for x, y in zip(a, ref, strict=True))
         rows.append({**r, "detections": n_ref, "matched_iou_0.9": matched})
         print(f"TensorRT {precision} batch {b:3d}: {r['fps']:8.1f} frames/s "
               f"({r['ms_per_batch']:.2f} ms per batch); {matched} of {n_ref} PyTorch "
@@ -318,39 +319,12 @@ def cmd_tensorrt(args: argparse.Namespace) -> None:
            rows=rows)  # fmt: skip
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
-def _matched(got: Any, ref: Any, iou: float = 0.9) -> int:
-    """Reference detections with a detection of the same class at IoU >= ``iou`` (greedy)."""
-    if len(got) == 0 or len(ref) == 0:
-        return 0
-    m = _iou(ref.boxes, got.boxes) * (ref.class_ids[:, None] == got.class_ids[None, :])
-    used: set[int] = set()
-    n = 0
-    for i in range(len(ref)):
-        for j in np.argsort(-m[i]):
-            if m[i, j] < iou:
-                break
-            if int(j) not in used:
-                used.add(int(j))
-                n += 1
-                break
-    return n
-
-
 def cmd_letterbox(args: argparse.Namespace) -> None:
     import av
     import torch
 
     from stages.detect.preprocess import letterbox, letterbox_device, resize_to_for
+    from stages.detect.quantize import match_detections
 
     video = args.video
     if not video.is_file():  # a machine without the shared clips: a synthetic scene instead
@@ -381,7 +355,7 @@ def cmd_letterbox(args: argparse.Namespace) -> None:
             a, b = backend.infer(np.stack([dev_np, ref_img]))
             n_ref += len(b)
             n_got += len(a)
-            n_match += _matched(a, b, iou=0.5)
+            n_match += len(match_detections(b, a, 0.5))
     backend.close()
     fig = {
         "frames": len(diffs),

@@ -63,6 +63,7 @@ def test_demo_model_detects_the_same_on_both_letterboxes(shared_data: Path) -> N
     import av
 
     from stages.detect.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from stages.detect.quantize import match_detections
 
     repo = Path(__file__).resolve().parents[2]
     model = repo / "stages" / "detect" / "models" / "demo.onnx"
@@ -78,29 +79,6 @@ def test_demo_model_detects_the_same_on_both_letterboxes(shared_data: Path) -> N
                 dev, _ = letterbox_device(torch.from_numpy(rgb), hw, resize_to_for(hw))
                 a, b = backend.infer(np.stack([dev.numpy(), ref]))
                 total += max(len(a), len(b))
-                matched += _matched(a, b)
+                matched += len(match_detections(b, a, 0.5))
     assert total > 50  # the clip has cars the model finds
     assert matched >= 0.95 * total, (matched, total)
-
-
-def _matched(got: object, ref: object) -> int:
-    gb, gc = got.boxes, got.class_ids  # type: ignore[attr-defined]
-    rb, rc = ref.boxes, ref.class_ids  # type: ignore[attr-defined]
-    used: set[int] = set()
-    n = 0
-    for box, cls in zip(rb, rc, strict=True):
-        x1 = np.maximum(box[0], gb[:, 0])
-        y1 = np.maximum(box[1], gb[:, 1])
-        x2 = np.minimum(box[2], gb[:, 2])
-        y2 = np.minimum(box[3], gb[:, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        areas = (gb[:, 2] - gb[:, 0]) * (gb[:, 3] - gb[:, 1])
-        iou = inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)
-        for j in np.argsort(-iou):
-            if iou[j] < 0.5:
-                break
-            if gc[j] == cls and int(j) not in used:
-                used.add(int(j))
-                n += 1
-                break
-    return n
