@@ -41,6 +41,9 @@ class EdgePlan:
     receiver: Endpoint
     capacity: int
     curve: CurveKeys | None = None
+    # the frames edge with several decode processes: the endpoints decode shards 1.. bind
+    # (shard 0 binds ``sender``); every receiver connects to all of them
+    more_senders: tuple[Endpoint, ...] = ()
 
     @property
     def shm(self) -> bool:
@@ -48,17 +51,28 @@ class EdgePlan:
         return self.sender.is_ipc
 
     def open_sender(
-        self, stop: StopFlag | None = None, name: str = "", pool: ShmPool | None = None
+        self,
+        stop: StopFlag | None = None,
+        name: str = "",
+        pool: ShmPool | None = None,
+        shard: int = 0,
     ) -> Sender:
-        """The PUSH socket; ``pool`` carries live pixels on an ipc edge (ignored on tcp)."""
+        """The PUSH socket (of decode shard ``shard``); ``pool`` carries live pixels on an ipc
+        edge (ignored on tcp)."""
         shm = pool if self.shm else None
+        endpoint = self.sender if shard == 0 else self.more_senders[shard - 1]
         return Sender(
-            self.sender, self.capacity, shm=shm, stop=stop, name=name or self.name, curve=self.curve
+            endpoint, self.capacity, shm=shm, stop=stop, name=name or self.name, curve=self.curve
         )
 
     def open_receiver(self, name: str = "") -> Receiver:
         return Receiver(
-            self.receiver, self.capacity, pixels="ref", name=name or self.name, curve=self.curve
+            self.receiver,
+            self.capacity,
+            pixels="ref",
+            name=name or self.name,
+            curve=self.curve,
+            also_connect=tuple(e.peer() for e in self.more_senders),
         )
 
 
@@ -94,5 +108,11 @@ def plan_edges(cfg: PipelineConfig, run_dir: Path) -> dict[str, EdgePlan]:
             # one side runs elsewhere: the written endpoint is this side's
             sender, receiver = (binder, other) if local_src else (other, binder)
         curve = curve_keys(cfg.transport.curve_of(edge_name), edge_name)
-        out[edge_name] = EdgePlan(edge_name, sender, receiver, edge.capacity, curve)
+        more: tuple[Endpoint, ...] = ()
+        if edge_name == "frames" and edge.endpoint == "auto":
+            more = tuple(
+                Endpoint("bind", f"ipc://{run_dir / f'{edge_name}-{i}.sock'}")
+                for i in range(1, cfg.decode_processes())
+            )
+        out[edge_name] = EdgePlan(edge_name, sender, receiver, edge.capacity, curve, more)
     return out

@@ -64,10 +64,17 @@ class ChildSpec:
     incarnation: int = 0  # 0 for the first start, then the restart count
     model: Any = None  # the weights' ModelInfo, described once by the supervisor
     control: Any = None  # decode, track: a queue of live camera changes (pipeline.cameras_api)
+    shards: int = 1  # decode: how many decode processes share the cameras (this is ``index``)
+
+    @property
+    def indexed(self) -> bool:
+        """Whether this role runs as several numbered processes (preprocess workers, decode
+        shards)."""
+        return self.role == "preprocess" or self.shards > 1
 
     @property
     def key(self) -> str:
-        return f"{self.role}{self.index}" if self.role == "preprocess" else self.role
+        return f"{self.role}{self.index}" if self.indexed else self.role
 
     @property
     def title(self) -> str:
@@ -120,7 +127,7 @@ def child_main(
     from pipeline.logs import process_label, setup_logging
     from pipeline.metrics import process_metrics
 
-    index = spec.index if spec.role == "preprocess" else None
+    index = spec.index if spec.indexed else None
     setup_logging(log_level, cfg.logging.format, process_label(spec.role, index), cfg.secrets())
     reporter = Reporter(spec.key, stats_q, metrics=process_metrics())
     try:
@@ -228,9 +235,13 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     from stages.decode.feeder import DecodeFeeder
 
     edge = edges["frames"]
-    cameras = [(c.id, camera_config(c, cfg)) for c in cfg.effective_cameras()]
+    cameras = _decode_cameras(spec, cfg)
+    if spec.shards > 1:
+        log.info("decode %d of %d: cameras %s", spec.index + 1, spec.shards,
+                 ", ".join(cid for cid, _ in cameras) or "none (yet)")  # fmt: skip
     pool = ShmPool(cfg.name, "frames", slots=cfg.preprocess.workers + 4)
-    sender = _preview_tap(cfg, edge.open_sender(stop, name="decode", pool=pool), stop)
+    sender = edge.open_sender(stop, name="decode", pool=pool, shard=spec.index)
+    sender = _preview_tap(cfg, sender, stop)
     _report_auth(reporter, edge)
     feeder = DecodeFeeder(cameras, sender, on_state=reporter.camera_state)
     reporter.source(lambda: {"decode": feeder.counters})
@@ -254,16 +265,28 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
         pool.close()
 
 
+def _decode_cameras(spec: ChildSpec, cfg: PipelineConfig) -> list[tuple[str, CameraConfig]]:
+    """The cameras this decode process runs: all of them, or with several decode processes
+    the ones `stages.decode.config.decode_shard` gives this one."""
+    from stages.decode.config import decode_shard
+
+    return [(c.id, camera_config(c, cfg)) for c in cfg.effective_cameras()
+            if decode_shard(c.id, spec.shards) == spec.index]  # fmt: skip
+
+
 def _decode_control(spec: ChildSpec, cfg: PipelineConfig, feeder: Any, reporter: Reporter
                     ) -> Any:  # fmt: skip
     """Live camera changes for decode: each config from the supervisor's queue becomes the
-    camera list the feeder runs (`stages.decode.control.CameraControl`)."""
+    camera list the feeder runs (`stages.decode.control.CameraControl`), this process's
+    share of it."""
     from stages.decode.control import CameraControl
 
-    def cameras_of(new: PipelineConfig) -> list[tuple[str, CameraConfig]]:
-        return [(c.id, camera_config(c, new)) for c in new.effective_cameras()]
-
-    control = CameraControl(feeder, spec.control, cameras_of, on_applied=_force_send(reporter))
+    control = CameraControl(
+        feeder,
+        spec.control,
+        lambda new: _decode_cameras(spec, new),
+        on_applied=_force_send(reporter),
+    )
     reporter.source(control.report)
     return control
 

@@ -145,9 +145,12 @@ class Supervisor:
         for role in STAGES:
             if not self.cfg.runs(role):
                 continue
-            count = self.cfg.preprocess.workers if role == "preprocess" else 1
+            count = {"preprocess": self.cfg.preprocess.workers,
+                     "decode": self.cfg.decode_processes()}.get(role, 1)  # fmt: skip
+            shards = count if role == "decode" else 1
             for i in range(count):
-                spec = ChildSpec(role, i, self.cfg.name, os.getpid(), model=self.model)
+                spec = ChildSpec(role, i, self.cfg.name, os.getpid(), model=self.model,
+                                 shards=shards)  # fmt: skip
                 self.children[spec.key] = _Child(spec)
         for child in reversed(list(self.children.values())):  # consumers first: binders up
             self._spawn(child)
@@ -253,29 +256,39 @@ class Supervisor:
             gen = self.control_generation
         confirmed = True
         for role in _CONTROLLED:
-            child = self.children.get(role)
-            if child is None:
-                continue
-            with self._control_lock:
-                q = child.control_q
-                try:
-                    q.put((gen, new), timeout=1.0)
-                except Exception:  # full or closed: a restart brings the new config anyway
-                    log.warning("%s did not take the camera change (generation %d)", role, gen)
+            children = self.children_of(role)
+            for child in children:
+                with self._control_lock:
+                    q = child.control_q
+                    try:
+                        q.put((gen, new), timeout=1.0)
+                    except Exception:  # full or closed: a restart brings the new config anyway
+                        log.warning("%s did not take the camera change (generation %d)",
+                                    child.spec.key, gen)  # fmt: skip
             deadline = time.monotonic() + ack_timeout_s
-            while self._generation_of(role) < gen and time.monotonic() < deadline:
+            keys = [c.spec.key for c in children]
+            while time.monotonic() < deadline and any(self._generation_of(k) < gen for k in keys):
                 time.sleep(0.05)
-            confirmed = self._generation_of(role) >= gen
+            confirmed = all(self._generation_of(k) >= gen for k in keys)
         return confirmed
 
-    def _generation_of(self, role: str) -> int:
-        proc = self.board.procs.get(role)
+    def children_of(self, role: str) -> list[_Child]:
+        """The processes of ``role`` (several for preprocess workers and decode shards)."""
+        return [c for c in self.children.values() if c.spec.role == role]
+
+    def _generation_of(self, key: str) -> int:
+        proc = self.board.procs.get(key)
         return proc.snap.control_generation if proc is not None else -1
 
     def decode_cameras(self) -> dict[str, dict[str, Any]]:
-        """Per camera, what decode reports: state, last_error, reconnects."""
-        proc = self.board.procs.get("decode")
-        return dict(proc.snap.decode_cameras) if proc is not None else {}
+        """Per camera, what decode reports (from whichever decode process runs it): state,
+        last_error, reconnects."""
+        out: dict[str, dict[str, Any]] = {}
+        for child in self.children_of("decode"):
+            proc = self.board.procs.get(child.spec.key)
+            if proc is not None:
+                out.update(proc.snap.decode_cameras)
+        return out
 
     def request_reload(self, why: str = "SIGHUP") -> None:
         """Re-read the config file in a thread (the poll loop keeps running)."""

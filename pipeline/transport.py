@@ -48,6 +48,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, cast
 
@@ -410,6 +411,8 @@ class Receiver:
         stray or hostile client on a tcp port cannot make this process allocate without bound.
         The default (256 MiB) passes an 8K RGB frame.
     curve: CURVE keys (tcp only): server when this side binds, client when it connects.
+    also_connect: more producers' endpoints this (connecting) receiver also connects to (the
+        frames edge with several decode processes); ZeroMQ fair-queues between them.
     """
 
     def __init__(
@@ -423,6 +426,7 @@ class Receiver:
         max_part_bytes: int = 256 << 20,
         name: str = "",
         curve: CurveKeys | None = None,
+        also_connect: Sequence[Endpoint] = (),
     ) -> None:
         self.endpoint = (
             endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint, default_mode)
@@ -434,6 +438,14 @@ class Receiver:
         self.socket = _socket(
             zmq.PULL, self.endpoint, hwm, kernel_buffer_bytes, max_part_bytes, curve, self.name
         )
+        for more in also_connect:  # more producers (decode shards): fair-queued with the first
+            if more.mode != "connect" or self.endpoint.mode != "connect":
+                raise EndpointError(f"{self.name}: only a connecting receiver connects to more")
+            try:
+                self.socket.connect(more.url)
+            except zmq.ZMQError as e:
+                self.close()
+                raise EndpointError(f"cannot connect {more.url}: {e}") from e
         self.received = 0
 
     @property

@@ -29,6 +29,7 @@ from pipeline.config.preview import PreviewConfig
 from pipeline.config.runtime import LoggingConfig, MetricsConfig, TransportConfig
 from pipeline.control import ControlConfig
 from pipeline.redact import REDACTED, redact_text, redact_url
+from stages.decode.config import DecodeStageConfig
 from stages.detect.config import BatchingConfig, ModelConfig, PreprocessConfig
 from stages.sinks.config import SinksConfig
 from stages.track.config import TrackerSection
@@ -55,6 +56,9 @@ class PipelineConfig(StrictModel):
     cameras: list[CameraEntry] = Field(
         default_factory=list,
         description="The cameras; each needs id and url and may override camera_defaults.",
+    )
+    decode: DecodeStageConfig = Field(
+        default_factory=DecodeStageConfig, description="Decode processes."
     )
     model: ModelConfig = Field(..., description="The detector.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Batching.")
@@ -94,6 +98,15 @@ class PipelineConfig(StrictModel):
         stages = set(self.transport.stages)
         if "decode" in stages and not self.cameras:
             problems.append((("cameras",), "at least one camera is needed to run the decode stage"))
+        frames_auto = self.transport.edges.frames.endpoint == "auto"
+        if isinstance(self.decode.processes, int) and self.decode.processes > 1 and not frames_auto:
+            problems.append(
+                (
+                    ("decode", "processes"),
+                    "more than 1 decode process needs transport.edges.frames.endpoint: auto "
+                    "(each process binds its own ipc socket)",
+                )
+            )
         if "sink" in stages and not any(
             s is not None for s in (self.sinks.redis, self.sinks.jsonl, self.sinks.video)
         ):
@@ -128,6 +141,13 @@ class PipelineConfig(StrictModel):
     @property
     def camera_ids(self) -> list[str]:
         return [e.id for e in self.cameras]
+
+    def decode_processes(self) -> int:
+        """How many decode processes run the cameras (`DecodeStageConfig.resolve`; 1 when the
+        frames edge has a written endpoint)."""
+        if self.transport.edges.frames.endpoint != "auto":
+            return 1
+        return self.decode.resolve(len(self.cameras))
 
     def runs(self, stage: StageName) -> bool:
         """Whether this process tree runs ``stage``."""

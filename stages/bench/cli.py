@@ -131,7 +131,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         "-c",
         "--config",
         type=Path,
-        help="take model, batching, preprocess and "
+        help="take model, batching, preprocess, decode and "
         "tracker from this YAML config (cameras and sinks are the bench's)",
     )
     p.add_argument(

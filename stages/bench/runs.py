@@ -38,7 +38,7 @@ from stages.bench.sources import Source
 
 Tick = Callable[[str], None]
 # config sections a user's YAML (--config) contributes; the bench sets the rest
-CONFIG_SECTIONS = ("model", "batching", "preprocess", "tracker")
+CONFIG_SECTIONS = ("model", "batching", "preprocess", "decode", "tracker")
 
 
 def live_config(
