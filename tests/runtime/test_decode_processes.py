@@ -159,3 +159,67 @@ def test_live_a_killed_decode_process_comes_back_and_the_other_keeps_going(
     assert proc.poll() is None, "the supervisor must survive"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0, log.read_text()[-3000:]
+
+
+def test_cameras_added_and_removed_over_the_api_reach_their_decode_process(
+    tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any]
+) -> None:
+    """Two decode processes: cameras added over the API open in the process their id hashes
+    to (one each here) and publish; a removed one stops; the camera left alone is never
+    reopened."""
+    import json
+    import urllib.request
+
+    from redis_server import free_port
+
+    token = "decode-processes-test-token-0123456789"
+    video = str(shared_data / "media" / VIDEO)
+    cfg = pipeline_config(tmp_path, tiny_onnx, {"cam0": video, "cam4": video}, realtime=True,
+                          camera_defaults={"loop": True, "detect_fps": 2},
+                          decode={"processes": 2})  # fmt: skip
+    cfg["sinks"]["jsonl"]["flush_each_line"] = True
+    (tmp_path / "token").write_text(token + "\n")
+    port = free_port()
+    cfg["metrics"] = {"host": "127.0.0.1", "port": port}
+    cfg["control"] = {"token_file": "token"}
+    log = tmp_path / "run.log"
+    proc = start_run(write_config(tmp_path, cfg), log)
+    reap.append(proc)
+    out = tmp_path / "out"
+
+    def published(cam: str) -> int:
+        return sum(1 for d in read_jsonl(out / f"{cam}.jsonl") if d["type"] == "detections")
+
+    def call(method: str, path: str, body: Any = None) -> int:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status
+
+    wait_for(lambda: published("cam0") >= 3 and published("cam4") >= 3, STARTUP_S, "cameras")
+    assert {decode_shard(c, 2) for c in ("cam1", "cam5")} == {0, 1}
+    for cam in ("cam1", "cam5"):
+        assert call("POST", "/cameras", {"id": cam, "url": video}) in (200, 201)
+    wait_for(lambda: published("cam1") >= 3 and published("cam5") >= 3, 10 + 20,
+             "the added cameras publishing")  # fmt: skip
+    assert call("DELETE", "/cameras/cam4") == 200
+    time.sleep(2.0)
+    gone = published("cam4")
+    time.sleep(3.0)
+    assert published("cam4") == gone, "a removed camera kept publishing"
+    kept = published("cam0")
+    wait_for(lambda: published("cam0") > kept + 3, 20, "the untouched camera going on")
+    text = log.read_text()
+    assert len(re.findall(r"camera cam0 .*connecting -> streaming", text)) == 1, text[-3000:]
+    pids = stage_pids(log)
+    for cam in ("cam1", "cam5"):  # opened by the decode process its id hashes to
+        opened = re.findall(rf"\[(\d+)\] \S+: camera {cam} .*connecting -> streaming", text)
+        assert opened and {int(p) for p in opened} == {pids[f"decode{decode_shard(cam, 2)}"]}, (
+            cam,
+            opened,
+            pids,
+        )
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, log.read_text()[-3000:]
