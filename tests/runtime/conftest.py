@@ -93,6 +93,28 @@ def pipeline_config(tmp: Path, model: Path, cameras: dict[str, str], **over: Any
     return cfg
 
 
+def assert_equals_detect(text: str, out: Path, cameras: list[str],
+                         reference: dict[int, list[tuple[Any, ...]]]) -> None:  # fmt: skip
+    """An offline run's log ``text`` and JSON lines under ``out``: every camera ended, every
+    frame decode forwarded was published once, in order, with exactly the detections of
+    ``edgestream detect`` (``reference``), and there were detections to compare."""
+    ends = {
+        m[0]: int(m[1]) for m in re.findall(r"camera (\S+): end of file \(last seq (-?\d+)\)", text)
+    }
+    assert set(ends) == set(cameras), text[-3000:]
+    total = 0
+    for cam in cameras:
+        docs = [d for d in read_jsonl(out / f"{cam}.jsonl") if d["type"] == "detections"]
+        ids = [d["frame_id"] for d in docs]
+        assert len(ids) == ends[cam] + 1, f"{cam}: published {len(ids)} of {ends[cam] + 1} frames"
+        assert ids == sorted(set(ids)), f"{cam}: frames out of order or duplicated"
+        for d in docs:
+            got = sorted(box_key(o) for o in d["objects"])
+            assert got == reference.get(d["frame_id"], []), f"{cam} frame {d['frame_id']} differs"
+            total += len(got)
+    assert total > 0, "no detections at all: the comparison would mean nothing"
+
+
 def write_config(tmp: Path, cfg: dict[str, Any]) -> Path:
     path = tmp / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -19,9 +19,11 @@ from conftest import (
     PIPELINE_TIMEOUT_S,
     STARTUP_S,
     VIDEO,
+    assert_equals_detect,
     box_key,
     pipeline_config,
     read_jsonl,
+    stage_pids,
     start_run,
     write_config,
 )
@@ -29,25 +31,33 @@ from conftest import (
 pytestmark = pytest.mark.timeout(PIPELINE_TIMEOUT_S)
 
 CASES = [
-    pytest.param(1, 2.0, id="1-camera"),
-    pytest.param(3, 0.5, id="3-cameras"),
-    pytest.param(8, 0.5, id="8-cameras", marks=pytest.mark.slow),
+    pytest.param(1, 2.0, 1, id="1-camera"),
+    pytest.param(3, 0.5, 1, id="3-cameras"),
+    pytest.param(8, 0.5, 1, id="8-cameras", marks=pytest.mark.slow),
+    # two decode processes (`decode.processes`): cam0 runs in the first, cam4 and cam5 in the
+    # second (`stages.decode.config.decode_shard`); every preprocess worker reads from both
+    pytest.param(["cam0", "cam4", "cam5"], 0.5, 2, id="3-cameras-2-decode-processes"),
 ]
 
 
-@pytest.mark.parametrize(("n_cameras", "detect_fps"), CASES)
+@pytest.mark.parametrize(("cams", "detect_fps", "decode_processes"), CASES)
 def test_run_equals_detect(
-    n_cameras: int,
+    cams: int | list[str],
     detect_fps: float,
+    decode_processes: int,
     tmp_path: Path,
     shared_data: Path,
     tiny_onnx: Path,
     reference: dict[int, list[tuple[Any, ...]]],
     reap: list[Any],
 ) -> None:
+    from stages.decode.config import decode_shard
+
     video = str(shared_data / "media" / VIDEO)
-    cameras = {f"cam{i}": video for i in range(n_cameras)}
-    cfg = pipeline_config(tmp_path, tiny_onnx, cameras, camera_defaults={"detect_fps": detect_fps})
+    ids = cams if isinstance(cams, list) else [f"cam{i}" for i in range(cams)]
+    cameras = dict.fromkeys(ids, video)
+    cfg = pipeline_config(tmp_path, tiny_onnx, cameras, camera_defaults={"detect_fps": detect_fps},
+                          decode={"processes": decode_processes})  # fmt: skip
     log = tmp_path / "run.log"
     proc = start_run(write_config(tmp_path, cfg), log)
     reap.append(proc)
@@ -55,23 +65,15 @@ def test_run_equals_detect(
     text = log.read_text()
     assert rc == 0, text[-3000:]
 
-    ends = {
-        m[0]: int(m[1]) for m in re.findall(r"camera (\S+): end of file \(last seq (-?\d+)\)", text)
-    }
-    assert set(ends) == set(cameras), text[-3000:]
-    total = 0
-    for cam in cameras:
-        docs = [
-            d for d in read_jsonl(tmp_path / "out" / f"{cam}.jsonl") if d["type"] == "detections"
-        ]
-        ids = [d["frame_id"] for d in docs]
-        assert len(ids) == ends[cam] + 1, f"{cam}: published {len(ids)} of {ends[cam] + 1} frames"
-        assert ids == sorted(set(ids)), f"{cam}: frames out of order or duplicated"
-        for d in docs:
-            got = sorted(box_key(o) for o in d["objects"])
-            assert got == reference.get(d["frame_id"], []), f"{cam} frame {d['frame_id']} differs"
-            total += len(got)
-    assert total > 0, "no detections at all: the comparison would mean nothing"
+    assert_equals_detect(text, tmp_path / "out", ids, reference)
+    if decode_processes > 1:
+        shards = {k: sorted(c for c in ids if decode_shard(c, decode_processes) == k)
+                  for k in range(decode_processes)}  # fmt: skip
+        assert all(shards.values()), shards  # every decode process had cameras
+        for k, want in shards.items():
+            assert f"decode {k + 1} of {decode_processes}: cameras {', '.join(want)}" in text
+        pids = stage_pids(log)
+        assert {f"decode{k}" for k in shards} <= set(pids) and "decode" not in pids, pids
     assert "dropped 0 (none)" in text.strip().splitlines()[-1] or "dropped 0" in text
 
 
