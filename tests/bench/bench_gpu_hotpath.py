@@ -194,6 +194,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
             model={"weights": str(args.weights), "backend": "torch", "device": args.device},
             batching={"max_batch": batch, "max_wait_ms": args.max_wait_ms},
             preprocess={"workers": args.preprocess_workers},
+            decode={"processes": args.decode_processes},
         )
     )
     pipe = Pipeline(cfg).start()
@@ -243,6 +244,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         "cameras": args.cameras,
         "batch": batch,
         "scene": f"{args.scene_size}@{args.scene_fps:g}",
+        "decode_processes": cfg.decode_processes(),
         "offered_fps": args.cameras * args.scene_fps,
         "published_fps": fps,
         "bare_fps": bare,
@@ -257,7 +259,8 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
         **cpu,
         "exit": code,
     }
-    print(f"pipeline, {args.cameras} synthetic {args.scene_size} cameras offering "
+    print(f"pipeline, {args.cameras} synthetic {args.scene_size} cameras "
+          f"({fig['decode_processes']} decode process(es)) offering "
           f"{fig['offered_fps']:.0f} frames/s, max_batch {batch}: {fps:.1f} frames/s published "
           f"= {fig['efficiency']:.2f} x bare {bare:.1f} frames/s; capture->publish p50 "
           f"{p50:.0f} / p95 {p95:.0f} ms; mean batch {fig['mean_batch']}; exit {code}; "
@@ -385,6 +388,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--preprocess-workers", type=int, default=8)
+    ap.add_argument("--decode-processes", default="auto", help="decode.processes (auto, 1..16)",
+                    type=lambda v: v if v == "auto" else int(v))  # fmt: skip
     ap.add_argument("--scene-size", default="1920x1080", help="synthetic cameras' WxH")
     ap.add_argument("--scene-seconds", type=float, default=8.0)
     ap.add_argument("--scene-fps", type=float, default=25.0, help="synthetic cameras' frames/s")

@@ -14,6 +14,7 @@
 #   5. postprocess on the GPU: per image vs batched, ms per batch of 16 and 32, same detections
 #   6. the whole pipeline with 16, then 32 live synthetic 1080p cameras (25 frames/s each):
 #      published frames/s, efficiency (= / bare model at the same batch, same run), p50/p95;
+#      32 again with one decode process (decode.processes: auto gives 2 there; A/B in one run);
 #      then 32 cameras at 100 frames/s each (a capacity run: where the pipeline tops out)
 #   7. TensorRT: the demo model exported, an FP16 engine built and run at batch 16 and 32 (its
 #      frames/s and agreement with PyTorch) - or one line saying plainly that TensorRT is not
@@ -28,7 +29,7 @@
 #   DEVICE=cpu SCENE=320x192 CAMS="2 4 4" OUT=/tmp/gpu-dry bash tests/bench/gpu_checks.sh
 set -u
 OUT=${OUT:-/tmp/edgestream-gpu}
-BUDGET_S=${BUDGET_S:-500}
+BUDGET_S=${BUDGET_S:-470}
 DEVICE=${DEVICE:-cuda}
 SCENE=${SCENE:-1920x1080}
 read -r CAMS_A CAMS_B CAMS_C <<<"${CAMS:-16 32 32}"
@@ -96,6 +97,9 @@ numpy.__version__, 'av', av.__version__, 'zmq', zmq.__version__)"
     run 100 $HOT pipeline --cameras "$CAMS_A" --batch 16 --seconds 15 --preprocess-workers 8
     step "pipeline: $CAMS_B live synthetic $SCENE cameras, max_batch 32"
     run 110 $HOT pipeline --cameras "$CAMS_B" --batch 32 --seconds 15 --preprocess-workers 10
+    step "pipeline: the same with one decode process (as before decode.processes)"
+    run 110 $HOT pipeline --cameras "$CAMS_B" --batch 32 --seconds 15 --preprocess-workers 10 \
+        --decode-processes 1
     step "pipeline at capacity: $CAMS_C cameras at 100 frames/s each, max_batch 32"
     run 60 $HOT model --batch 1 --seconds 0.5 --scene-fps 100 --scene-seconds 2 >/dev/null
     run 110 $HOT pipeline --cameras "$CAMS_C" --batch 32 --seconds 15 --preprocess-workers 12 \
