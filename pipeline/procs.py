@@ -65,6 +65,7 @@ class ChildSpec:
     model: Any = None  # the weights' ModelInfo, described once by the supervisor
     control: Any = None  # decode, track: a queue of live camera changes (pipeline.cameras_api)
     shards: int = 1  # decode: how many decode processes share the cameras (this is ``index``)
+    run_dir: str = ""  # the run folder (ipc sockets, the shedding caps file)
 
     @property
     def indexed(self) -> bool:
@@ -231,6 +232,7 @@ def nms_params(cfg: PipelineConfig) -> NMSParams:
 
 def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
                stop: Any, flags: RunFlags, reporter: Reporter) -> None:  # fmt: skip
+    from pipeline.shedding import CapsReader
     from pipeline.shm import ShmPool
     from stages.decode.feeder import DecodeFeeder
 
@@ -255,9 +257,13 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
                 pool.close()
                 return
     feeder.start()
+    caps = CapsReader(spec.run_dir if cfg.decode.shed else None)
     try:
         while not stop.wait(0.2):
             control.poll()
+            got = caps.poll()
+            if got is not None:
+                feeder.set_caps(got)
             reporter.maybe_send()
     finally:
         feeder.stop()

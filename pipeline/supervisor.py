@@ -50,6 +50,7 @@ from pipeline.procs import (
     model_info_of,
     set_title,
 )
+from pipeline.shedding import CAPS_FILE, ShedController, write_caps
 from pipeline.shm import NAME_PREFIX, cleanup_stale, list_segments
 from pipeline.stats import StatsBoard
 
@@ -110,6 +111,8 @@ class Supervisor:
         self.stopping = False
         self._run_dir: Path | None = None
         self._own_run_dir = False
+        self._shed: ShedController | None = None
+        self._shed_at = 0.0
         self.on_poll: list[Callable[[Supervisor], None]] = []
         self.metrics_dir: Path | None = None
         self.health: Any = None
@@ -141,6 +144,9 @@ class Supervisor:
             self._run_dir = Path(tempfile.mkdtemp(prefix=f"edgestream-{self.cfg.name}-"))
             self._own_run_dir = True
         self.edges = plan_edges(self.cfg, self._run_dir)
+        (self._run_dir / CAPS_FILE).unlink(missing_ok=True)  # an earlier run's caps
+        if self.cfg.decode.shed and self.cfg.runs("decode") and self.cfg.runs("detect"):
+            self._shed = ShedController()
         self._start_metrics()
         for role in STAGES:
             if not self.cfg.runs(role):
@@ -150,7 +156,7 @@ class Supervisor:
             shards = count if role == "decode" else 1
             for i in range(count):
                 spec = ChildSpec(role, i, self.cfg.name, os.getpid(), model=self.model,
-                                 shards=shards)  # fmt: skip
+                                 shards=shards, run_dir=str(self._run_dir))  # fmt: skip
                 self.children[spec.key] = _Child(spec)
         for child in reversed(list(self.children.values())):  # consumers first: binders up
             self._spawn(child)
@@ -307,12 +313,26 @@ class Supervisor:
             return
         threading.Thread(target=reload, name="reload", daemon=True).start()
 
+    def _shed_tick(self, now: float) -> None:
+        """Once a second: new forward caps for live cameras detect keeps superseding
+        (`pipeline.shedding`), written for the decode processes when they changed."""
+        if self._shed is None or self._run_dir is None or now - self._shed_at < 1.0:
+            return
+        self._shed_at = now
+        live = frozenset(c.id for c in self.cfg.effective_cameras() if c.realtime)
+        if self._shed.update(self.board.cameras(), now, live):
+            try:
+                write_caps(self._run_dir, self._shed.caps)
+            except OSError as e:
+                log.warning("cannot write the shedding caps: %s", e)
+
     def poll(self) -> None:
         """Collect stats; restart children that died (with backoff); detect fatal exits."""
         self._drain()
         if self.stopping:
             return
         now = time.monotonic()
+        self._shed_tick(now)
         for key, child in self.children.items():
             proc = child.proc
             if proc is not None and proc.is_alive():

@@ -236,6 +236,14 @@ class DecodeStageConfig(StrictModel):
         "leave two). Needs the frames edge on auto (ipc) when more than 1.",
     )
 
+    shed: bool = Field(
+        default=True,
+        description="Shed at the source: a live camera whose frames detect keeps dropping as "
+        "superseded (over 20 % of what decode sends) gets its forwarded rate capped near what "
+        "detect takes; the rest are counted as decode/shed and cost no conversion, copy or "
+        "letterbox. false: decode forwards every frame the camera's detect_fps allows.",
+    )
+
     @field_validator("processes")
     @classmethod
     def _range(cls, v: int | str) -> int | str:

@@ -29,12 +29,13 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.messages import EndMsg, FrameMsg
 from pipeline.transport import Sender
 from stages.decode import CameraConfig, CameraSource, CameraState, DecodedFrame
+from stages.decode.pacing import RatePacer
 
 log = logging.getLogger("edgestream.decode")
 
@@ -76,6 +77,7 @@ class DecodeFeeder:
         self._closed = False
         self._next_seq: Counter[str] = Counter()
         self._stopping = threading.Event()
+        self._caps: dict[str, tuple[float, RatePacer]] = {}  # live camera -> forward cap
         self.sources = [CameraSource(cid, cfg, self) for cid, cfg in cameras]
         self._thread = threading.Thread(target=self._send_loop, name="decode-sender", daemon=True)
 
@@ -95,6 +97,29 @@ class DecodeFeeder:
             self._closed = True
             self._cv.notify_all()
         self._thread.join(max(0.1, deadline - time.monotonic()))
+
+    # ------------------------------------------------------------------ shedding
+    def set_caps(self, caps: Mapping[str, float]) -> None:
+        """Forward at most ``caps[camera]`` frames/s of these live cameras, the others
+        uncapped (`pipeline.shedding`). A camera keeps its schedule when its cap is unchanged."""
+        new: dict[str, tuple[float, RatePacer]] = {}
+        for cam, fps in caps.items():
+            cfg = self.configs.get(cam)
+            if cfg is None or not cfg.realtime or fps <= 0:
+                continue
+            old = self._caps.get(cam)
+            new[cam] = old if old is not None and old[0] == fps else (fps, RatePacer(fps))
+        self._caps = new  # one assignment: camera threads see the old or the new dict
+
+    def admit(self, camera_id: str, t: float) -> bool:
+        """Called by a camera's thread before it converts a frame it would forward (stream
+        time ``t``): False when the camera's cap sheds it (counted: ``shed``)."""
+        cap = self._caps.get(camera_id)
+        if cap is None or cap[1].should_forward(t):
+            return True
+        with self._cv:
+            self.counters.dropped[(camera_id, "shed")] += 1
+        return False
 
     # ------------------------------------------------------------------ FrameSink
     def on_frame(self, frame: DecodedFrame) -> None:

@@ -286,6 +286,7 @@ class CameraSource:
     ) -> str | None:
         cfg = self.config
         pacer = RatePacer(cfg.detect_fps)
+        admit = getattr(self.sink, "admit", None)  # shedding at the source (DecodeFeeder)
         realtime = RealtimeClock(self._stop) if (not cfg.is_live and cfg.realtime) else None
         rtcp = RtcpClock(self.rtcp_max_skew_s, self.camera_id) if cfg.kind == "rtsp" else None
         opened_wall = time.time()
@@ -338,6 +339,11 @@ class CameraSource:
                         self._in_sink = False
                     if not pacer.should_forward(media_s if media_s is not None else now):
                         self.frames_skipped += 1
+                        self._last_frame_mono = time.monotonic()
+                        continue
+                    if admit is not None and not admit(
+                        self.camera_id, media_s if media_s is not None else now
+                    ):  # shed (counted by the sink): not converted, not sent
                         self._last_frame_mono = time.monotonic()
                         continue
                     if rtcp is not None:

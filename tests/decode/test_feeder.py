@@ -202,3 +202,29 @@ def test_shm_pixels_are_what_the_camera_decoded(tmp_path: Path) -> None:
         tx.close()
         rx_ref.close()
         pool.close()
+
+
+def test_a_capped_live_camera_is_shed_evenly_and_counted(tmp_path: Path) -> None:
+    """`DecodeFeeder.set_caps` (shedding at the source): a capped live camera's frames are
+    admitted at the cap, evenly by stream time, the rest counted as ``shed``; an uncapped or an
+    offline camera is never shed; a new cap set replaces the old."""
+    tx, rx, pool = edge(tmp_path)
+    feeder = feeder_for(tx, {"live": True, "free": True, "offline": False})
+    try:
+        feeder.set_caps({"live": 5.0, "offline": 5.0})
+        times = [i / 25 for i in range(100)]  # 4 s of a 25 frames/s camera
+        admitted = [t for t in times if feeder.admit("live", t)]
+        assert len(admitted) == 20  # 5 frames/s
+        gaps = np.diff(admitted)
+        assert gaps.min() >= 0.16 and gaps.max() <= 0.24  # spread, not bunched
+        assert all(feeder.admit("free", t) for t in times)
+        assert all(feeder.admit("offline", t) for t in times)  # offline never loses a frame
+        assert feeder.counters.dropped == Counter({("live", "shed"): 80})
+        feeder.set_caps({})  # uncapped again
+        assert all(feeder.admit("live", 10 + t) for t in times)
+        assert feeder.counters.dropped[("live", "shed")] == 80
+    finally:
+        feeder.stop()
+        tx.close()
+        rx.close()
+        pool.close()
