@@ -53,6 +53,8 @@ class ShedController:
         for cam in gone:
             del self.caps[cam]
             changed = True
+        for cam in [c for c in self._last if c not in cameras]:  # removed for good: forget it
+            del self._last[cam]
         for cam, c in cameras.items():
             if live is not None and cam not in live:
                 continue

@@ -337,13 +337,13 @@ class CameraSource:
                         self._in_sink = True
                         realtime.wait_until(media_s)
                         self._in_sink = False
-                    if not pacer.should_forward(media_s if media_s is not None else now):
+                    stream_t = media_s if media_s is not None else now
+                    if not pacer.should_forward(stream_t):
                         self.frames_skipped += 1
                         self._last_frame_mono = time.monotonic()
                         continue
-                    if admit is not None and not admit(
-                        self.camera_id, media_s if media_s is not None else now
-                    ):  # shed (counted by the sink): not converted, not sent
+                    if admit is not None and not admit(self.camera_id, stream_t):
+                        # shed (counted by the sink): not converted, not sent
                         self._last_frame_mono = time.monotonic()
                         continue
                     if rtcp is not None:

@@ -170,7 +170,13 @@ def cmd_postprocess(args: argparse.Namespace) -> None:
 def cmd_pipeline(args: argparse.Namespace) -> None:
     from pipeline.config import PipelineConfig
     from pipeline.run import Pipeline
-    from stages.bench.measure import GpuSampler, ProcSampler
+    from stages.bench.measure import (
+        GpuSampler,
+        ProcSampler,
+        accounting,
+        read_jsonl,
+        window_stats,
+    )
     from stages.bench.runs import live_config
 
     paths = scenes(args)
@@ -217,29 +223,15 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     finally:
         code = pipe.stop()
     stats = pipe.stats()
-    docs = [json.loads(x) for p in out.glob("*.jsonl") for x in p.read_text().splitlines() if x]
-    window = [d for d in docs if t0 <= d["publish_ts"] < t1]
-    lat = np.array([d["latency_ms"]["publish"] for d in window], np.float64)
-    fps = len(window) / (t1 - t0)
+    ws = window_stats(read_jsonl(out), [c["id"] for c in cameras], t0, t1)
+    fps = ws["fps"]
     backend = open_torch(args.weights, args.device, batch)
     bare_after = bare_fps(backend, frames, 3.0)
     backend.close()
     bare = (bare_before["fps"] + bare_after["fps"]) / 2
-    drops: dict[str, int] = {}
-    for c in stats["cameras"].values():
-        for reason, k in c["dropped"].items():
-            drops[reason] = drops.get(reason, 0) + k
-    p50, p95 = (float(np.percentile(lat, q)) if lat.size else float("nan") for q in (50, 95))
-    marks = sorted(
-        {k for d in window for k in d["latency_ms"]},
-        key=lambda k: float(
-            np.median([d["latency_ms"][k] for d in window if k in d["latency_ms"]])
-        ),
-    )
-    stages_p50 = {
-        k: round(float(np.median([d["latency_ms"][k] for d in window if k in d["latency_ms"]])), 1)
-        for k in marks
-    }
+    drops = accounting(stats["cameras"])["drops"]
+    p50, p95 = (ws["latency_ms"][q] or float("nan") for q in ("p50", "p95"))
+    stages_p50 = ws["stages_p50_ms"]
     fig = {
         "cameras": args.cameras,
         "batch": batch,
