@@ -7,11 +7,18 @@ corrupt data through a connecting → streaming → stalled → backoff state ma
 edge). Credential redaction is the runtime's (`pipeline.redact`), re-exported here.
 """
 
-from pipeline.redact import redact_text, redact_url
-from stages.decode.config import CameraConfig
-from stages.decode.source import CameraSource
-from stages.decode.types import CameraState, CameraStats, DecodedFrame, FrameSink
+from typing import TYPE_CHECKING
 
+_EXPORTS = {
+    "redact_text": "pipeline.redact",
+    "redact_url": "pipeline.redact",
+    "CameraConfig": "stages.decode.config",
+    "CameraSource": "stages.decode.source",
+    "CameraState": "stages.decode.types",
+    "CameraStats": "stages.decode.types",
+    "DecodedFrame": "stages.decode.types",
+    "FrameSink": "stages.decode.types",
+}
 __all__ = [
     "CameraConfig",
     "CameraSource",
@@ -22,3 +29,20 @@ __all__ = [
     "redact_text",
     "redact_url",
 ]
+
+if TYPE_CHECKING:
+    from pipeline.redact import redact_text, redact_url
+    from stages.decode.config import CameraConfig
+    from stages.decode.source import CameraSource
+    from stages.decode.types import CameraState, CameraStats, DecodedFrame, FrameSink
+
+
+def __getattr__(name: str) -> object:
+    """The public names, imported on first use: a config module of this package (imported by
+    the CLI to validate a config before anything starts) must not pull in PyAV (the decoder's)."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(module), name)

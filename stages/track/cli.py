@@ -65,7 +65,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 def add_parsers(subparsers: Any) -> None:
     """Register ``track`` and ``eval-tracker`` on an argparse sub-parsers object."""
-    from stages.track.evaluate import DEFAULT_DATA
+    from stages.track.mot import DEFAULT_DATA
 
     p = subparsers.add_parser(
         "track",

@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from stages.track.mot import Sequence, format_results, load_sequence
+from stages.track.mot import DEFAULT_DATA, Sequence, format_results, load_sequence
 from stages.track.peers import Peer, available_peers
 
 # Relative to the repository root; override with --data.
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mot17"
 
 
 @dataclass(frozen=True)

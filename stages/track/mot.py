@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+# the MOT17 set beside a checkout (../shared/data/mot17); the CLI's default, defined here
+# (numpy only) so that building the CLI's parser does not import the tracker (scipy)
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mot17"
+
 
 @dataclass(frozen=True)
 class Sequence:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from stages.track.evaluate import DEFAULT_DATA, evaluate, report
+from stages.track.evaluate import evaluate, report
+from stages.track.mot import DEFAULT_DATA
 
 
 def main() -> int:
