@@ -380,8 +380,24 @@ def _item_slots(cfg: PipelineConfig) -> int:
     return 2 * b.max_batch + 4 + 2 * len(cfg.cameras) * b.slots_per_camera
 
 
-def open_backend_from(cfg: PipelineConfig) -> Any:
-    """The detect backend the config asks for (random weights: seeded, like ``detect``)."""
+def detect_instances(cfg: PipelineConfig) -> tuple[int, int]:
+    """``(model instances, threads per instance)`` the detect stage runs (`model.instances`,
+    `stages.detect.config.model_instances`), for the backend and device the config resolves
+    to and the cores this process may use."""
+    from stages.detect.config import model_instances
+    from stages.detect.describe import backend_for_path
+
+    m = cfg.model
+    backend = m.backend
+    if backend == "auto":
+        backend = "torch" if m.weights is None else backend_for_path(Path(m.weights))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return model_instances(m.instances, backend, resolve_device(m.device), m.threads, cpus)
+
+
+def open_backend_from(cfg: PipelineConfig, threads: int | None = None) -> Any:
+    """The detect backend the config asks for (random weights: seeded, like ``detect``);
+    ``threads``: intra-op threads instead of ``model.threads`` (one of several instances)."""
     from stages.detect.backends import open_backend
 
     m = cfg.model
@@ -406,7 +422,7 @@ def open_backend_from(cfg: PipelineConfig) -> Any:
         device=device,
         max_batch=cfg.batching.max_batch,
         nms_params=nms_params(cfg),
-        threads=m.threads,
+        threads=m.threads if threads is None else threads,
         half=m.half,
     )
 
@@ -416,10 +432,12 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     from stages.detect.stage import DetectStage, DetectStageConfig
 
     b = cfg.batching
+    instances, threads = detect_instances(cfg)
     stage = DetectStage(
-        lambda: open_backend_from(cfg),
+        lambda: open_backend_from(cfg, threads),
         DetectStageConfig(
             **b.model_dump(),
+            instances=instances,
             realtime_cameras=_realtime(cfg),
             appearance=cfg.tracker.appearance_weight > 0,  # only if the tracker uses them
             calibration=_calibration(cfg),
@@ -439,7 +457,7 @@ def _calibration(cfg: PipelineConfig) -> Any:
     if not cfg.batching.calibrate:
         return None
     weights = None if m.weights is None else Path(m.weights)
-    return CalibrationSpec(weights, resolve_device(m.device), m.threads, m.arch)
+    return CalibrationSpec(weights, resolve_device(m.device), detect_instances(cfg)[1], m.arch)
 
 
 def cpu_onnx_config(cfg: PipelineConfig) -> tuple[PipelineConfig, str]:

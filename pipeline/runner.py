@@ -11,6 +11,9 @@ A stage knows nothing of sockets::
         #           poll_interval_ms (attribute, default 50) and once more before close()
         # optional: def next_deadline(self) -> float | None   (monotonic time the stage wants
         #           its next tick, e.g. a batch due; None: nothing pending)
+        # optional: def set_waker(self, wake: Callable[[], None]) -> None   (called before
+        #           setup; a thread of the stage calls wake() when it has output, so the
+        #           runner stops waiting and ticks: thread-safe, never blocks)
 
 A stage with ``next_deadline`` is ticked as soon as that time comes (the receive never blocks
 past it) and not before: messages already waiting on the socket are all handed to
@@ -31,8 +34,11 @@ unless it is a `FatalStageError`, or ``max_consecutive_errors`` messages in a ro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -118,6 +124,8 @@ def run_stage(
     tick = getattr(stage, "tick", None)
     deadline_of: Callable[[], float | None] | None = getattr(stage, "next_deadline", None)
     failures = 0
+    # a stage whose own threads produce output (detect's model instances) wakes the runner
+    waker = _Waker(stage) if receiver is not None and hasattr(stage, "set_waker") else None
 
     # A stage with next_deadline: after a message, read on without waiting until the socket
     # is empty (at most poll_ms at a stretch), then tick if its deadline has come.
@@ -129,6 +137,8 @@ def run_stage(
             return False  # still reading what waits on the socket
         if now >= next_tick:
             return True
+        if waker is not None and waker.pending.is_set():
+            return True  # a thread of the stage has output
         d = deadline_of() if deadline_of is not None else None
         return d is not None and now >= d
 
@@ -202,6 +212,8 @@ def run_stage(
         next_tick = time.monotonic()
         while not stop.is_set():
             if tick is not None and due(time.monotonic()):
+                if waker is not None:
+                    waker.pending.clear()  # before the tick: a wake-up during it is kept
                 try:
                     ticked = list(tick(time.monotonic()))
                 except FatalStageError:
@@ -223,7 +235,8 @@ def run_stage(
                 time.sleep(poll_ms / 1000)
                 continue
             try:
-                msg = receiver.recv(timeout_ms=recv_wait_ms(time.monotonic()))
+                wait_ms = recv_wait_ms(time.monotonic())
+                msg = receiver.recv(timeout_ms=wait_ms, wake_fd=None if waker is None else waker.fd)
             except MessageError as e:
                 c.malformed += 1
                 log.warning("%s: malformed message on %s dropped: %s", name, receiver.name, e)
@@ -260,7 +273,35 @@ def run_stage(
             emit(flushed, draining=True)
         except Exception:
             log.exception("%s: could not send %d flushed message(s)", name, len(flushed))
+        if waker is not None:
+            waker.close()
     return c
+
+
+class _Waker:
+    """For a stage with ``set_waker``: a pair of connected local sockets, one end poked by the
+    stage's threads (one byte; a full buffer is already a wake-up), the other's fd polled with
+    the input socket (``fd``), and ``pending``: set by a wake-up, cleared by the tick it
+    brings."""
+
+    def __init__(self, stage: Any) -> None:
+        self.stage = stage
+        self.pending = threading.Event()
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self.fd = self._r.fileno()
+        stage.set_waker(self.wake)
+
+    def wake(self) -> None:
+        self.pending.set()
+        with contextlib.suppress(OSError):  # full: the runner is woken already
+            self._w.send(b"\0")
+
+    def close(self) -> None:
+        self.stage.set_waker(lambda: None)  # its threads are done; nothing may write any more
+        self._w.close()
+        self._r.close()
 
 
 def _router(outputs: Sender | Sequence[Sender] | Route | None) -> Callable[[Message], list[Sender]]:

@@ -447,18 +447,33 @@ class Receiver:
                 self.close()
                 raise EndpointError(f"cannot connect {more.url}: {e}") from e
         self.received = 0
+        self._poller: zmq.Poller | None = None  # the socket and a wake fd (recv's wake_fd)
+        self._poller_fd = -1
 
     @property
     def address(self) -> str:
         """The address actually bound/connected (``tcp://127.0.0.1:0`` gets its real port)."""
         return self.socket.getsockopt_string(zmq.LAST_ENDPOINT) or self.endpoint.url
 
-    def recv(self, timeout_ms: int | None = 100) -> Message | None:
+    def recv(self, timeout_ms: int | None = 100, wake_fd: int | None = None) -> Message | None:
         """The next message, or None after ``timeout_ms`` (None: wait forever; 0: poll).
 
+        wake_fd: a file descriptor (the read end of a pipe) whose readability also ends the
+        wait: its bytes are consumed and None is returned if no message waits — another thread
+        of the stage has something to send (the runner owns the sockets).
         Raises `MessageError` for a malformed message (it has been consumed; go on reading).
         """
-        if timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLIN):
+        if wake_fd is not None and timeout_ms != 0:
+            if self._poller is None or self._poller_fd != wake_fd:
+                self._poller, self._poller_fd = zmq.Poller(), wake_fd
+                self._poller.register(self.socket, zmq.POLLIN)
+                self._poller.register(wake_fd, zmq.POLLIN)
+            ready = dict(self._poller.poll(timeout_ms))
+            if wake_fd in ready:
+                _drain_fd(wake_fd)
+            if self.socket not in ready:
+                return None
+        elif timeout_ms is not None and not self.socket.poll(timeout_ms, zmq.POLLIN):
             return None
         frames = self.socket.recv_multipart(copy=False)
         self.received += 1
@@ -484,3 +499,12 @@ class Receiver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _drain_fd(fd: int) -> None:
+    """Read a non-blocking local socket empty (its bytes only say "wake up")."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

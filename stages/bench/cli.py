@@ -142,6 +142,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (auto)")
     p.add_argument("--threads", type=int, default=None, help="backend CPU threads (0: default)")
+    p.add_argument(
+        "--instances",
+        type=lambda v: v if v == "auto" else int(v),
+        default=None,
+        help="model.instances: copies of the model that run at once (auto)",
+    )
     p.add_argument("--max-batch", type=int, default=None, help="batching.max_batch")
     p.add_argument("--max-wait-ms", type=float, default=None, help="batching.max_wait_ms")
     p.add_argument(
@@ -202,7 +208,7 @@ def base_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         model["weights"] = str(demo)
         if demo.parent == DEMO_MODEL_DIR:
             base.setdefault("tracker", dict(DEMO_TRACKER))
-    for key in ("backend", "device", "threads"):
+    for key in ("backend", "device", "threads", "instances"):
         if getattr(args, key) is not None:
             model[key] = getattr(args, key)
     model.setdefault("device", "auto")
@@ -271,6 +277,9 @@ def cmd_model(args: argparse.Namespace) -> int:
         f"bare model: {label['weights']} on {label['backend']}/{label['device']}, "
         f"frames of {setup.source.label}"
     )
+    if rows and rows[0]["instances"] > 1:
+        print(f"{rows[0]['instances']} instances at once, {rows[0]['threads']} thread(s) each "
+              "(model.instances); ms per batch of one instance, frames/s of them all")  # fmt: skip
     print(f"{'batch':>5}  {'ms/batch':>9}  {'ms/image':>9}  {'frames/s':>9}")
     for r in rows:
         ms, per_image = r["ms_per_batch"], r["ms_per_image"]

@@ -99,12 +99,14 @@ def average_bare(
     for b in before:
         a = next((r for r in after if r["batch"] == b["batch"]), b)
         ms = (b["ms_per_batch"] + a["ms_per_batch"]) / 2
+        k = b.get("instances", 1)  # model copies at once: frames/s of them all
         out.append(
             {
                 "batch": b["batch"],
                 "ms_per_batch": round(ms, 2),
                 "ms_per_image": round(ms / b["batch"], 2),
-                "fps": round(1e3 * b["batch"] / ms, 2),
+                "fps": round(1e3 * b["batch"] * k / ms, 2),
+                "instances": k,
             }
         )
     return out

@@ -22,8 +22,11 @@ detections equal `edgestream detect`'s frame for frame.
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,6 +58,11 @@ class DetectStageConfig(BatchingConfig):
     calibration: measure at set-up what each batch size buys on the loaded model (cached) and
         batch only as far as it raises throughput, ``max_batch`` being the upper bound
         (`stages.detect.batch_calibration`); None: batch up to ``max_batch`` as given.
+    instances: copies of the model (``open_backend`` called once each) that run batches at
+        once, each in its own thread (`model.instances`: on a CPU, two single-threaded ONNX
+        Runtime sessions do more than one with two threads). A batch is formed when a copy is
+        free, so frames still wait in the newest-wins slots, never in a copy's queue. 1: the
+        batch runs in the runner's thread, as before. CUDA: always 1 (the GPU batches).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -62,6 +70,7 @@ class DetectStageConfig(BatchingConfig):
     realtime_cameras: Any = Field(default_factory=frozenset)
     appearance: bool = False
     calibration: CalibrationSpec | None = None
+    instances: int = Field(default=1, ge=1, le=16)
 
 
 def _torch_cuda_device(backend: Backend) -> Any | None:
@@ -80,6 +89,17 @@ def infer_device_batch(backend: Any, batch: Any) -> list[Detections]:
     on the current stream.
     """
     return backend.infer_device(batch)
+
+
+@dataclass
+class _LaneResult:
+    """One batch's outcome: its detection messages, the items whose pixels were overwritten
+    before the gather, frames run and seconds in gather + inference + mapping."""
+
+    messages: list[Message]
+    lost: list[ItemMsg]
+    frames: int
+    seconds: float
 
 
 class DetectStage:
@@ -106,6 +126,16 @@ class DetectStage:
         self._gather: HostGatherer | CudaGatherer | None = None
         self.batches = 0
         self.frames = 0
+        # more model instances (`DetectStageConfig.instances`): lane 0 is self.backend and
+        # self._gather; a lane is free or runs one batch in the pool; finished batches wait in
+        # _done until tick() hands their messages to the runner (which owns the sockets)
+        self._lanes: list[tuple[Backend, HostGatherer]] = []
+        self._free: list[int] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._done: queue.SimpleQueue[tuple[int, Future[_LaneResult], list[ItemMsg]]] = (
+            queue.SimpleQueue()
+        )
+        self._wake: Callable[[], None] = lambda: None
 
     def setup(self) -> None:
         self.backend = self.open_backend()
@@ -125,6 +155,8 @@ class DetectStage:
             self._warm_up()
         if self.config.calibration is not None:
             self._calibrate(self.config.calibration)
+        if self.config.instances > 1 and device is None:
+            self._open_lanes(self.config.instances)
         if self.on_ready is not None:
             self.on_ready()
 
@@ -155,14 +187,39 @@ class DetectStage:
                  "configured)", plan.describe(), time.perf_counter() - t0,
                  self.config.max_batch)  # fmt: skip
 
+    def _open_lanes(self, n: int) -> None:
+        """Copies 2..n of the model, each with its own gather buffer, and the pool they run in."""
+        assert self.backend is not None and isinstance(self._gather, HostGatherer)
+        hw = self.input_hw
+        lanes = [(self.backend, self._gather)]
+        for _ in range(n - 1):
+            backend = self.open_backend()
+            backend.infer(np.zeros((1, 3, *hw), np.uint8))  # warm, as lane 0 is
+            lanes.append((backend, HostGatherer(self.policy.max_batch, hw)))
+        self._lanes = lanes
+        self._free = list(range(n))
+        self._pool = ThreadPoolExecutor(n, thread_name_prefix="detect-lane")
+        log.info("detect: %d model instances run batches at once (model.instances)", n)
+
+    def set_waker(self, wake: Callable[[], None]) -> None:
+        """The runner's thread-safe nudge: called when a lane finished a batch, so the runner
+        ticks at once instead of at its next poll."""
+        self._wake = wake
+
     @property
     def input_hw(self) -> tuple[int, int]:
         assert self.backend is not None
         return self.backend.info.input_hw
 
     def next_deadline(self) -> float | None:
-        """Monotonic time the next batch is due (None: nothing waiting); the runner ticks then."""
-        return self.policy.deadline()
+        """Monotonic time the next batch is due (None: nothing waiting); the runner ticks then.
+        With lanes: now while a finished batch waits to be sent; no batch is due while every
+        lane is busy (its frames keep waiting in the newest-wins slots)."""
+        if not self._lanes:
+            return self.policy.deadline()
+        if not self._done.empty():
+            return 0.0
+        return self.policy.deadline() if self._free else None
 
     def process(self, msg: Message) -> Iterable[Message]:
         if isinstance(msg, ItemMsg):
@@ -178,7 +235,7 @@ class DetectStage:
             old = self.policy.add(msg.camera_id, msg, time.monotonic(), msg.capture_ts, realtime)
             out: list[Message] = [self._drop(i, "superseded") for i in old]
             if not realtime and len(self.policy) >= self.policy.max_batch:
-                out += self._run_due(limit=1)  # offline backlog: a full batch runs now
+                out += self._run_due(limit=1, wait=True)  # offline backlog: a full batch runs now
             return out
         if isinstance(msg, EndMsg):  # what waits (this camera's last frames among it) runs first
             return [*self.flush(), msg]
@@ -201,13 +258,23 @@ class DetectStage:
             taken = self.policy.take(time.monotonic(), time.time(), force=True)
             out += [self._drop(i, "superseded") for i in taken.superseded]
             if taken.batch:
-                out += self._run(taken.batch)
-        return out
+                out += self._start(taken.batch)
+        return out + self._finish(wait_all=True)
 
     def close(self) -> list[Message]:
         """Release the backend. Items still waiting are dropped (``shutdown``, counted) rather
-        than run: on a CPU one more batch can take longer than the whole stop budget."""
-        out: list[Message] = [self._drop(i, "shutdown") for i in self.policy.drain()]
+        than run: on a CPU one more batch can take longer than the whole stop budget. Batches
+        already running on other lanes finish and are sent (nothing is lost after detection
+        has begun)."""
+        out: list[Message] = self._finish(wait_all=True)
+        out += [self._drop(i, "shutdown") for i in self.policy.drain()]
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for backend, gatherer in self._lanes[1:]:
+            gatherer.close()
+            backend.close()
+        self._lanes, self._free = [], []
         if self._gather is not None:
             self._gather.close()
             self._gather = None
@@ -217,8 +284,20 @@ class DetectStage:
         return out
 
     # ------------------------------------------------------------------------------ internals
-    def _run_due(self, limit: int | None = None) -> list[Message]:
-        out: list[Message] = []
+    def _run_due(self, limit: int | None = None, wait: bool = False) -> list[Message]:
+        """One lane: run the due batch (``limit`` of them) here. Lanes: what finished, then a
+        due batch on each free lane; ``wait`` (an offline backlog): wait for a lane when none
+        is free, so the backlog runs as fast as the lanes allow and never piles up."""
+        if self._lanes:
+            out = self._finish(wait_one=wait and not self._free)
+            while self._free:
+                taken = self.policy.take(time.monotonic(), time.time())
+                out += [self._drop(i, "superseded") for i in taken.superseded]
+                if not taken.batch:
+                    break
+                out += self._start(taken.batch)
+            return out
+        out = []
         runs = 0
         while limit is None or runs < limit:
             taken = self.policy.take(time.monotonic(), time.time())
@@ -229,26 +308,80 @@ class DetectStage:
             runs += 1
         return out
 
+    def _start(self, items: list[ItemMsg]) -> list[Message]:
+        """One lane: run ``items`` now. Lanes: on a free lane (waiting for one if need be)."""
+        if not self._lanes:
+            return self._run(items)
+        assert self._pool is not None
+        out = [] if self._free else self._finish(wait_one=True)
+        lane = self._free.pop()
+        backend, gatherer = self._lanes[lane]
+        future = self._pool.submit(self._infer, backend, gatherer, items)
+
+        def done(f: Future[_LaneResult]) -> None:
+            self._done.put((lane, f, items))
+            self._wake()
+
+        future.add_done_callback(done)
+        return out
+
+    def _finish(self, wait_one: bool = False, wait_all: bool = False) -> list[Message]:
+        """The messages of the lanes' finished batches (waiting for one, or for all)."""
+        out: list[Message] = []
+        while self._lanes:
+            busy = len(self._lanes) - len(self._free)
+            block = busy > 0 and (wait_all or (wait_one and not out))
+            try:
+                lane, future, items = self._done.get(block=block)
+            except queue.Empty:
+                return out
+            self._free.append(lane)
+            try:
+                result = future.result()
+            except Exception:  # this batch only: its frames become tombstones (counted)
+                log.exception("detect: a batch of %d frame(s) failed on lane %d", len(items), lane)
+                out += [self._drop(i, "error") for i in items]
+                continue
+            out += self._account(result)
+        return out
+
     def _run(self, items: list[ItemMsg]) -> list[Message]:
         assert self.backend is not None and self._gather is not None
+        return self._account(self._infer(self.backend, self._gather, items))
+
+    def _account(self, result: _LaneResult) -> list[Message]:
+        """Count a finished batch (in the runner's thread: the callbacks are not thread-safe)."""
+        out = [self._drop(i, "overwritten") for i in result.lost]
+        if result.frames:
+            self.batches += 1
+            self.frames += result.frames
+            if self.on_batch is not None:
+                self.on_batch(result.frames, result.seconds)
+        return out + result.messages
+
+    def _infer(
+        self, backend: Backend, gatherer: HostGatherer | CudaGatherer, items: list[ItemMsg]
+    ) -> _LaneResult:
+        """Gather, infer and build the detection messages of one batch (any thread: touches
+        only its lane's backend and buffers)."""
         t0 = time.perf_counter()
         t_batch = time.time()
-        g: Gathered = self._gather.gather(items)
-        out: list[Message] = [self._drop(i, "overwritten") for i in g.lost]
+        g: Gathered = gatherer.gather(items)
         if not g.items:
-            return out
+            return _LaneResult([], g.lost, 0, 0.0)
         t_gathered = time.time()
         if isinstance(g.batch, np.ndarray):
-            dets = self.backend.infer(g.batch)
+            dets = backend.infer(g.batch)
         else:
             with self._gather_stream():
-                dets = infer_device_batch(self.backend, g.batch)
+                dets = infer_device_batch(backend, g.batch)
         t_inferred = time.time()
         marks = {"detect_batch": t_batch, "detect_gather": t_gathered, "detect_infer": t_inferred}
         features: list[np.ndarray | None] = [None] * len(dets)
         if self.config.appearance:  # boxes are still in the letterboxed image's pixels here
             features = list(describe(g.batch, [det.boxes for det in dets]))
         now = time.time()
+        out: list[Message] = []
         for item, det, feat in zip(g.items, dets, features, strict=True):
             boxes = item.letterbox.to_source(det.boxes)
             out.append(
@@ -266,11 +399,7 @@ class DetectStage:
                     features=feat,
                 )
             )
-        self.batches += 1
-        self.frames += len(g.items)
-        if self.on_batch is not None:
-            self.on_batch(len(g.items), time.perf_counter() - t0)
-        return out
+        return _LaneResult(out, g.lost, len(g.items), time.perf_counter() - t0)
 
     def _gather_stream(self) -> Any:
         import torch

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -341,3 +342,57 @@ def test_a_deadline_stage_reads_the_socket_empty_before_its_batch(edges: Edges) 
         ("DetectionsMsg", 5)
     ]
     assert edges.counters.dropped == {("cam", "superseded"): 5}
+
+
+class Worker(Echo):
+    """Hands each message to a background thread that finishes it 50 ms later; its output
+    leaves through tick(). It never asks for a tick (no deadline, a 10 s poll): only the
+    runner's waker can bring the result out promptly."""
+
+    poll_interval_ms = 10_000
+
+    def __init__(self) -> None:
+        super().__init__(fail_on=None)
+        self.done: list[Message] = []
+        self.lock = threading.Lock()
+        self.wake = lambda: None
+        self.wakes = 0
+
+    def set_waker(self, wake: Any) -> None:
+        self.wake = wake
+
+    def next_deadline(self) -> float | None:
+        return None
+
+    def process(self, msg: Message) -> Iterable[Message]:
+        def later() -> None:
+            time.sleep(0.05)
+            with self.lock:
+                self.done.append(msg)
+            self.wakes += 1
+            self.wake()
+
+        threading.Thread(target=later).start()
+        return []
+
+    def tick(self, now: float) -> Iterable[Message]:
+        with self.lock:
+            out, self.done = self.done, []
+        return out
+
+
+def test_a_stage_thread_wakes_the_runner_to_send_its_output(edges: Edges) -> None:
+    stage = Worker()
+    t = edges.run(stage)
+    wait_connected(edges.src)
+    t0 = time.monotonic()
+    for seq in range(3):
+        assert edges.src.send(det("a", seq), block=True)
+    got = edges.collect(3, timeout_ms=3000)
+    took = time.monotonic() - t0
+    edges.stop.set()
+    t.join(5)
+    assert edges.error is None
+    assert sorted(m.seq for m in got) == [0, 1, 2]  # type: ignore[union-attr]
+    # without the wake-up the first tick would come only after the 10 s poll interval
+    assert took < 3.0 and stage.wakes == 3, took
