@@ -4,6 +4,8 @@ stage adapter the pipeline runs (per-camera reordering by ``seq``, then `TrackSt
 
 from typing import TYPE_CHECKING
 
+from pipeline.lazy import lazy_exports
+
 _EXPORTS = {
     "TrackerConfig": "stages.track.config",
     "IdAllocator": "stages.track.ids",
@@ -37,12 +39,4 @@ if TYPE_CHECKING:
     from stages.track.types import TrackerOutput, TrackEvent, TrackEventKind, Tracks
 
 
-def __getattr__(name: str) -> object:
-    """The public names, imported on first use: a config module of this package (imported by
-    the CLI to validate a config before anything starts) must not pull in scipy (the tracker's)."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    return getattr(import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)  # the names above, imported on first use
