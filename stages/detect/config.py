@@ -25,12 +25,14 @@ def model_instances(instances: int | Literal["auto"], backend: str, device: str,
 
     ``backend`` as resolved (onnxruntime, torch, tensorrt), ``device`` as resolved (cpu or
     cuda[:N]); ``cpus`` the cores this process may use. Auto: 2 on a CPU with ONNX Runtime
-    and at least 2 cores, else 1. With more than one and ``threads`` 0 (the default), the
-    cores are shared out: each instance gets ``cpus // instances`` threads (at least 1), so
-    that the copies do not oversubscribe the CPU; threads set by hand stay as set."""
+    and at least 2 cores (2 x ``threads`` when set by hand: auto never oversubscribes the
+    CPU), else 1. With more than one and ``threads`` 0 (the default), the cores are shared
+    out: each instance gets ``cpus // instances`` threads (at least 1); threads set by hand
+    stay as set."""
     cores = max(1, cpus or 1)
     if instances == "auto":
-        n = 2 if device == "cpu" and backend == "onnxruntime" and cores >= 2 else 1
+        cpu_ort = device == "cpu" and backend == "onnxruntime"
+        n = 2 if cpu_ort and cores >= 2 * max(1, threads) else 1
     else:
         n = instances
     if n > 1 and threads == 0:
@@ -95,7 +97,8 @@ class ModelConfig(StrictModel):
         "other at every operator stall when decode takes a core away): with ONNX Runtime on 2 "
         "cores, 2 x 1 thread did 105-110 frames/s of the demo model against 83-90 for 1 x 2. "
         "Each copy holds its own weights and buffers (memory x k). auto: 2 on a CPU with ONNX "
-        "Runtime and at least 2 cores, else 1 (one model per GPU: it batches instead).",
+        "Runtime and at least 2 cores (2 x threads when threads is set), else 1 (one model "
+        "per GPU: it batches instead).",
     )
     conf_threshold: float = Field(
         default=0.25,

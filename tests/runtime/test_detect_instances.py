@@ -179,6 +179,9 @@ def test_a_failing_batch_becomes_error_tombstones_and_frees_its_instance() -> No
         ("auto", "tensorrt", "cuda:0", 0, 8, (1, 0)),
         (3, "onnxruntime", "cpu", 0, 8, (3, 2)),
         (2, "onnxruntime", "cpu", 4, 8, (2, 4)),  # threads set by hand stay as set
+        ("auto", "onnxruntime", "cpu", 1, 2, (2, 1)),  # 2 x 1 thread fit 2 cores
+        ("auto", "onnxruntime", "cpu", 4, 4, (1, 4)),  # 2 x 4 would oversubscribe 4 cores
+        ("auto", "onnxruntime", "cpu", 2, 4, (2, 2)),
         (1, "onnxruntime", "cpu", 0, 8, (1, 0)),
     ],
 )
