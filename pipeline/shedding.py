@@ -8,7 +8,9 @@ the last window: ``sent`` (frames decode forwarded), ``superseded`` (of those, d
 detect for a newer one) and ``shed`` (frames decode did not forward because of a cap). When
 more than 20 % of what was sent was superseded, the camera's cap becomes 1.2 x the rate detect
 actually took (sent - superseded); a capped camera whose superseded share falls under 5 % gets
-25 % more each window, and loses its cap once the cap no longer sheds anything. The caps go to
+25 % (at least 1 frame/s) more each window, and loses its cap once the cap no longer sheds
+anything. A window lasts until the camera sent 5 frames (at most 10 s), so a low cap is judged
+too, and grows back when detect has room. The caps go to
 the decode processes as a small JSON file in the run folder (`write_caps`, `CapsReader`);
 decode forwards a capped camera's frames at that rate, evenly by stream time, and counts the
 rest as dropped with reason ``shed`` (`stages.decode.feeder.DecodeFeeder.admit`): every loss
@@ -32,7 +34,9 @@ GROW_BELOW = 0.05  # superseded share under which a cap grows
 MARGIN = 1.2  # cap = MARGIN x the rate detect took
 GROW = 1.25
 MIN_FPS = 0.5
-MIN_FRAMES = 5  # fewer frames sent in a window: no judgement
+MIN_FRAMES = 5  # a camera is judged once it sent this many frames ...
+MAX_WINDOW_S = 10.0  # ... or this long passed (a low cap sends few frames per second)
+GROW_STEP_FPS = 1.0  # a cap grows by at least this much (from a low cap, 25 % is slow)
 
 
 class ShedController:
@@ -75,6 +79,10 @@ class ShedController:
             sent = max(0, cur[0] - sent0)
             superseded = max(0, cur[1] - superseded0)
             shed = max(0, cur[2] - shed0)
+            if sent + shed > 0 and sent < MIN_FRAMES and dt < MAX_WINDOW_S:
+                # too few frames to judge (a cap of 1 frame/s sends 1 a window): widen the
+                # window instead of skipping it — skipping left a low cap stuck for good
+                continue
             self._last[cam] = (now, *cur)
             changed |= self._judge(cam, sent, superseded, shed, dt)
         return changed
@@ -99,7 +107,7 @@ class ShedController:
                 del self.caps[cam]
                 log.info("camera %s: no longer shed at decode", cam)
             else:
-                self.caps[cam] = round(cap * GROW, 2)
+                self.caps[cam] = round(max(cap * GROW, cap + GROW_STEP_FPS), 2)
             return True
         return False
 

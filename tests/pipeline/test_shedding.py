@@ -78,3 +78,23 @@ def test_the_caps_file_is_read_once_per_change(tmp_path: Path) -> None:
     (tmp_path / "shed-caps.json").unlink()
     assert reader.poll() == {}  # removed: no caps
     assert CapsReader(None).poll() is None  # shedding off
+
+
+def test_a_low_cap_is_judged_over_a_longer_window_and_grows_back() -> None:
+    """A cap of ~1 frame/s sends fewer frames a second than a judgement needs: the window
+    widens until it has them, so the cap grows back once detect has room (it used to stay
+    stuck: a start-up hiccup left cameras at 0.5-2 frames/s for the whole run)."""
+    ctl, n = ShedController(), Counts()
+    n.add("a", 0)
+    ctl.update(n.cams, 0.0)
+    n.add("a", 25, superseded=24)  # a hiccup: detect took 1 of 25
+    assert ctl.update(n.cams, 1.0) and ctl.caps == {"a": 1.2}
+    t, caps = 1.0, [1.2]
+    while "a" in ctl.caps and t < 60:
+        t += 1.0
+        cap = ctl.caps["a"]
+        n.add("a", round(cap), superseded=0, shed=25 - round(cap))  # all taken: room again
+        if ctl.update(n.cams, t) and "a" in ctl.caps:
+            caps.append(ctl.caps["a"])
+    assert caps[:3] == [1.2, 2.2, 3.2]  # +1 frame/s while 25 % is less than that
+    assert caps == sorted(caps) and caps[-1] >= 20 and t < 25, (caps, t)
