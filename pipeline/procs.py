@@ -440,7 +440,7 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
             instances=instances,
             realtime_cameras=_realtime(cfg),
             appearance=cfg.tracker.appearance_weight > 0,  # only if the tracker uses them
-            calibration=_calibration(cfg),
+            calibration=_calibration(cfg, threads),
         ),
         on_batch=reporter.batch,
         on_ready=flags.model_ready.set,
@@ -449,7 +449,7 @@ def run_detect(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     _run(stage, "detect", edges["items"], edges["detections"], cfg, stop, reporter)
 
 
-def _calibration(cfg: PipelineConfig) -> Any:
+def _calibration(cfg: PipelineConfig, threads: int) -> Any:
     """What keys detect's batch calibration (None with ``batching.calibrate: false``)."""
     from stages.detect.batch_calibration import CalibrationSpec
 
@@ -457,7 +457,7 @@ def _calibration(cfg: PipelineConfig) -> Any:
     if not cfg.batching.calibrate:
         return None
     weights = None if m.weights is None else Path(m.weights)
-    return CalibrationSpec(weights, resolve_device(m.device), detect_instances(cfg)[1], m.arch)
+    return CalibrationSpec(weights, resolve_device(m.device), threads, m.arch)
 
 
 def cpu_onnx_config(cfg: PipelineConfig) -> tuple[PipelineConfig, str]:

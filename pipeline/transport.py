@@ -458,7 +458,7 @@ class Receiver:
     def recv(self, timeout_ms: int | None = 100, wake_fd: int | None = None) -> Message | None:
         """The next message, or None after ``timeout_ms`` (None: wait forever; 0: poll).
 
-        wake_fd: a file descriptor (the read end of a pipe) whose readability also ends the
+        wake_fd: a file descriptor (one end of a local socket pair) whose readability ends the
         wait: its bytes are consumed and None is returned if no message waits — another thread
         of the stage has something to send (the runner owns the sockets).
         Raises `MessageError` for a malformed message (it has been consumed; go on reading).

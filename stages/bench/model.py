@@ -47,8 +47,7 @@ def bench_model(
 
     if not batches or min(batches) < 1:
         raise ValueError(f"batch sizes must be >= 1, got {list(batches)}")
-    on_cuda = str(cfg.model.device).startswith("cuda")
-    instances, threads = (1, cfg.model.threads) if on_cuda else detect_instances(cfg)
+    instances, threads = detect_instances(cfg)
     sized = with_max_batch(cfg, max(batches))
     backends = []
     try:

@@ -26,13 +26,14 @@ def model_instances(instances: int | Literal["auto"], backend: str, device: str,
     ``backend`` as resolved (onnxruntime, torch, tensorrt), ``device`` as resolved (cpu or
     cuda[:N]); ``cpus`` the cores this process may use. Auto: 2 on a CPU with ONNX Runtime
     and at least 2 cores (2 x ``threads`` when set by hand: auto never oversubscribes the
-    CPU), else 1. With more than one and ``threads`` 0 (the default), the cores are shared
-    out: each instance gets ``cpus // instances`` threads (at least 1); threads set by hand
-    stay as set."""
+    CPU), else 1; on a GPU always 1, whatever is asked. With more than one and ``threads`` 0
+    (the default), the cores are shared out: each instance gets ``cpus // instances`` threads
+    (at least 1); threads set by hand stay as set."""
     cores = max(1, cpus or 1)
+    if device != "cpu":
+        return 1, threads  # one model per GPU: it batches instead (the detect stage's rule)
     if instances == "auto":
-        cpu_ort = device == "cpu" and backend == "onnxruntime"
-        n = 2 if cpu_ort and cores >= 2 * max(1, threads) else 1
+        n = 2 if backend == "onnxruntime" and cores >= 2 * max(1, threads) else 1
     else:
         n = instances
     if n > 1 and threads == 0:

@@ -37,7 +37,7 @@ from pipeline.messages import DetectionsMsg, DropMsg, EndMsg, ItemMsg, Message
 from pipeline.runner import FatalStageError
 from stages.detect.appearance import describe
 from stages.detect.batch_calibration import BatchPlan, CalibrationKey, CalibrationSpec, calibrate
-from stages.detect.config import BatchingConfig
+from stages.detect.config import MAX_INSTANCES, BatchingConfig
 from stages.detect.gather import CudaGatherer, Gathered, HostGatherer
 from stages.detect.types import Backend, Detections
 
@@ -70,7 +70,7 @@ class DetectStageConfig(BatchingConfig):
     realtime_cameras: Any = Field(default_factory=frozenset)
     appearance: bool = False
     calibration: CalibrationSpec | None = None
-    instances: int = Field(default=1, ge=1, le=16)
+    instances: int = Field(default=1, ge=1, le=MAX_INSTANCES)
 
 
 def _torch_cuda_device(backend: Backend) -> Any | None:

@@ -177,6 +177,7 @@ def test_a_failing_batch_becomes_error_tombstones_and_frees_its_instance() -> No
         ("auto", "onnxruntime", "cuda", 0, 16, (1, 0)),  # a GPU batches instead
         ("auto", "torch", "cpu", 0, 8, (1, 0)),  # torch's thread pool is per process
         ("auto", "tensorrt", "cuda:0", 0, 8, (1, 0)),
+        (4, "onnxruntime", "cuda", 0, 8, (1, 0)),  # asked for, but a GPU batches instead
         (3, "onnxruntime", "cpu", 0, 8, (3, 2)),
         (2, "onnxruntime", "cpu", 4, 8, (2, 4)),  # threads set by hand stay as set
         ("auto", "onnxruntime", "cpu", 1, 2, (2, 1)),  # 2 x 1 thread fit 2 cores
