@@ -15,9 +15,11 @@ one message instead of being found late, several times, by each stage process.
 
 Cost by format: a text or otherwise unknown file, 16 bytes (torch is not imported); ONNX, its
 few descriptive protobuf fields, read without ``import onnx`` (0.7 s by itself) and without an
-ONNX Runtime session, the weights skipped by their length; a checkpoint, ``torch.load`` with
-mmap plus a comparison of keys and shapes with the architecture built on the meta device (no
-memory); safetensors, one read; an engine, its size and JSON sidecar (no GPU or TensorRT needed).
+ONNX Runtime session, the weights skipped by their length; a checkpoint of another network,
+its keys read without torch (`stages.detect.checkpoint_keys`); a YOLO-NAS checkpoint,
+``torch.load`` with mmap plus a comparison of keys and shapes with the architecture built on
+the meta device (no memory); safetensors, one read; an engine, its size and JSON sidecar (no
+GPU or TensorRT needed).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from stages.detect.checkpoint_keys import not_yolo_nas, state_dict_keys
 from stages.detect.model_files import ModelFileError, sniff
 from stages.detect.postprocess_np import NMS_OUTPUTS, RAW_OUTPUTS
 from stages.detect.types import ModelInfo
@@ -102,6 +105,10 @@ def describe(path: str | Path) -> ModelInfo:
     if path.suffix.lower() in ENGINE_SUFFIXES:
         return _describe_engine(path, kind)
     if kind in ("torch-zip", "torch-legacy", "safetensors"):
+        keys = state_dict_keys(path, kind)  # no torch: another network's weights refused fast
+        other = not_yolo_nas(path, keys) if keys is not None else None
+        if other is not None:
+            raise other
         from stages.detect.weights import describe_checkpoint  # torch: only for checkpoints
 
         return describe_checkpoint(path, kind)

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from stages.detect.checkpoint_keys import find_state_dict, not_yolo_nas, wrapper_prefixes
 from stages.detect.model_files import ModelFileError, sniff
 from stages.detect.nn import ARCHS, YoloNAS
 from stages.detect.types import ModelInfo
@@ -190,14 +191,12 @@ def _state_dict_from(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str,
         raise WeightsError(
             f"{path}: expected a checkpoint dict or a state_dict, found {type(obj).__name__}"
         )
-    for key in ("ema_net", "net", "state_dict", "model_state_dict"):
-        inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner and _all_tensors(inner):
-            if key == "ema_net":
-                log.info("%s: using the EMA weights (ema_net)", path)
-            return dict(inner), {k: v for k, v in obj.items() if k != key}
-    if obj and _all_tensors(obj):
-        return dict(obj), {}
+    found = find_state_dict(obj, lambda v: isinstance(v, Tensor))
+    if found is not None:
+        key, sd = found
+        if key == "ema_net":
+            log.info("%s: using the EMA weights (ema_net)", path)
+        return dict(sd), {k: v for k, v in obj.items() if key is not None and k != key}
     keys = ", ".join(map(str, list(obj)[:8]))
     raise WeightsError(
         f"{path}: a dict without model weights (keys: {keys}); expected a super-gradients "
@@ -205,14 +204,9 @@ def _state_dict_from(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str,
     )
 
 
-def _all_tensors(d: Mapping[Any, Any]) -> bool:
-    return all(isinstance(k, str) and isinstance(v, Tensor) for k, v in d.items())
-
-
 def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    for prefix in ("module.", "_orig_mod."):
-        if sd and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    for prefix in wrapper_prefixes(list(sd)):
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -360,12 +354,9 @@ def describe_checkpoint(path: Path, kind: str) -> ModelInfo:
     """`stages.detect.describe.describe` for a PyTorch checkpoint or safetensors file (``kind``
     as `sniff` says): arch and class count from the keys and shapes, without building it."""
     sd, info = read_weights(path)  # WeightsError (a ValueError) names the file and problem
-    if not any(k.startswith(("backbone.", "neck.", "heads.")) for k in sd):
-        keys = ", ".join(list(sd)[:3])  # another network: no need to compare it with each arch
-        raise ModelFileError(
-            f"{path}: the weights match no YOLO-NAS architecture: none of their keys is a "
-            f"YOLO-NAS backbone/neck/heads key (e.g. {keys}); is this another network?"
-        )
+    other = not_yolo_nas(path, list(sd))  # another network: no need to compare it with each arch
+    if other is not None:
+        raise other
     if CLS_KEY not in sd:
         raise _arch_error(path, sd, None)
     arch = info.arch if info.arch in ARCHS and not any(_mismatch(sd, info.arch)) else None
