@@ -73,6 +73,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--p95-ms", type=float, default=150.0, help="capture→publish p95 bound (150)")
     q.add_argument("--seconds", type=float, default=20.0, help="measuring window per run (20)")
     q.add_argument(
+        "--min-frames",
+        type=int,
+        default=300,
+        metavar="N",
+        help="widen a run's window until its cameras offer N frames at their detect rate, "
+        "so each p95 rests on enough frames (300; at most 120 s; 0: --seconds only)",
+    )
+    q.add_argument(
         "--warmup",
         type=float,
         default=5.0,
@@ -308,6 +316,8 @@ def check_pipeline_args(args: argparse.Namespace) -> list[int]:
             raise ValueError(f"{flag} {value:g}: must be > {low:g}")
     if args.warmup < 0 or args.detect_fps < 0 or args.startup_timeout <= 0:
         raise ValueError("--warmup and --detect-fps must be >= 0, --startup-timeout > 0")
+    if args.min_frames < 0:
+        raise ValueError(f"--min-frames {args.min_frames}: must be >= 0")
     if args.efficiency_cameras is not None and args.efficiency_cameras < 0:
         raise ValueError(f"--efficiency-cameras {args.efficiency_cameras}: must be >= 0")
     try:
@@ -357,6 +367,7 @@ def _bench_pipeline(args: argparse.Namespace, setup: Any, cfg: Any, counts: list
     detect_fps = args.detect_fps or None
     setup.detect_fps, setup.redis_url = detect_fps, args.redis
     setup.seconds, setup.warmup_s = args.seconds, args.warmup
+    setup.min_frames = args.min_frames
     setup.startup_timeout_s = args.startup_timeout
     eff_cams = max(counts) if args.efficiency_cameras is None else args.efficiency_cameras
     frames = sample_frames(setup.source)
@@ -422,6 +433,7 @@ def _bench_pipeline(args: argparse.Namespace, setup: Any, cfg: Any, counts: list
         "date": report.now_utc(),
         "command": "edgestream " + shlex.join(sys.argv[1:]),
         "window_s": args.seconds,
+        "min_frames": args.min_frames,
         "bare_model": {"before": bare_before, "after": bare_after, "mean": bare, "ceiling": top},
         "rows": rows["edgestream"],
         "efficiency_run": eff_row,

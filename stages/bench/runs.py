@@ -66,6 +66,10 @@ def live_config(
     }
 
 
+MAX_WINDOW_S = 120.0
+"""The longest window `BenchSetup.window_s` widens to."""
+
+
 @dataclass
 class BenchSetup:
     """Everything a run needs. ``base``: config sections (model, batching, ...) as data."""
@@ -77,10 +81,20 @@ class BenchSetup:
     redis_url: str | None = None
     warmup_s: float = 5.0
     seconds: float = 20.0
+    min_frames: int = 0
     startup_timeout_s: float = 180.0
     base_dir: Path = field(default_factory=Path.cwd)
     model_info: Any = None
     token: str = field(default_factory=lambda: secrets.token_hex(3))
+
+    def window_s(self, cameras: int, detect_fps: float | None) -> float:
+        """The measuring window of one run: ``seconds``, widened until the cameras offer
+        ``min_frames`` frames at their detect rate (at most `MAX_WINDOW_S`). A p95 over 100
+        frames (1 camera, 5 frames/s, 20 s) is the 5th-worst frame: one stall moves it."""
+        rate = (detect_fps or self.source.fps or 0.0) * cameras
+        if self.min_frames <= 0 or rate <= 0:
+            return self.seconds
+        return max(self.seconds, min(MAX_WINDOW_S, self.min_frames / rate))
 
     def config_data(self, system: str, cameras: int, detect_fps: float | None) -> dict[str, Any]:
         """The config of one run (what ``edgestream run -c`` would read)."""
@@ -202,7 +216,7 @@ def run_edgestream(
         before = pipe.stats()
         procs.start()
         gpu.start()
-        t1 = t0 + setup.seconds
+        t1 = t0 + setup.window_s(cameras, detect_fps)
         _sleep_until(t1, tick, f"{label}, measuring", fatal)
         usage = procs.stop()
         gpu_usage = gpu.stop()
@@ -282,7 +296,7 @@ def run_loop(
         _sleep_until(t0, tick, f"{label}, warm-up", fatal)
         procs.start()
         gpu.start()
-        t1 = t0 + setup.seconds
+        t1 = t0 + setup.window_s(cameras, detect_fps)
         _sleep_until(t1, tick, f"{label}, measuring", fatal)
         usage = procs.stop()
         gpu_usage = gpu.stop()

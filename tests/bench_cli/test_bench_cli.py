@@ -79,6 +79,8 @@ def test_bench_pipeline_with_loop_real_redis(
             "2",
             "--seconds",
             "3",
+            "--min-frames",
+            "20",
             "--warmup",
             "1",
             "--detect-fps",
@@ -118,6 +120,9 @@ def test_bench_pipeline_with_loop_real_redis(
     for row in s["baseline"]["rows"]:
         _check_row(row, row["cameras"], bound, 5.0)
         assert set(row["drops"]) == {"loop/superseded", "loop/shutdown"}
+    # --min-frames 20: 1 camera at 5 frames/s is measured 4 s, 2 cameras the 3 s of --seconds
+    for row in (*s["rows"], *s["baseline"]["rows"]):
+        assert row["window_s"] == pytest.approx(4.0 if row["cameras"] == 1 else 3.0, abs=0.05)
     # cameras_held: the top of the ramp of held counts
     ramp = 0
     for row in s["rows"]:
@@ -179,6 +184,8 @@ def test_bench_pipeline_over_rtsp(tmp_path: Path, require: Callable[[str | None]
         "2",
         "--seconds",
         "3",
+        "--min-frames",
+        "0",
         "--warmup",
         "1",
         "--p95-ms",
@@ -250,6 +257,7 @@ def test_bench_model_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         (["--cameras", "0", "2"], "distinct counts >= 1"),
         (["--cameras", "2", "2"], "distinct counts >= 1"),
         (["--seconds", "0"], "--seconds 0: must be > 0"),
+        (["--min-frames", "-1"], "--min-frames -1: must be >= 0"),
         (["--weights", "/nonexistent/w.onnx"], "w.onnx"),
         (["--source", "/nonexistent/clip.mp4"], "no such file"),
         (["--plot", "out.jpg"], "give a .png"),
