@@ -8,8 +8,8 @@ and does the same work in one process:
 - one PyAV decode thread per camera: a file is played in real time (and looped), frames are
   sampled at the camera's ``detect_fps`` (`stages.decode.pacing.RatePacer`, as decode does),
   and only the newest sampled frame is kept (a frame not yet taken is replaced: ``superseded``);
-  its capture time is decode's: the sender's RTCP clock on RTSP, a file's open time + the
-  frame's pts, else receive wall clock;
+  its capture time is decode's: the sender's RTCP clock on RTSP, a file's due time on its
+  paced timeline (`stages.decode.pacing.RealtimeClock`), else receive wall clock;
 - one inference loop: the cameras' newest frames in round robin (one at a time on the CPU,
   where batching buys nothing; up to ``batching.max_batch`` of them per call on a GPU), through
   `stages.detect.detector.Detector` on the backend the pipeline would open
@@ -72,7 +72,7 @@ class Loop:
         from pipeline.config import camera_url_with_password
         from pipeline.procs import camera_config
         from stages.decode.opener import configure_video_stream
-        from stages.decode.pacing import RatePacer
+        from stages.decode.pacing import RatePacer, RealtimeClock
         from stages.decode.timestamps import RtcpClock
 
         settings = self.cfg.camera(cam)
@@ -87,8 +87,8 @@ class Loop:
                     # decoder threads as the pipeline's decode sets them (1 by default: frame
                     # threading adds a frame of latency per extra thread)
                     stream = configure_video_stream(container, camera_config(cam, self.cfg))
-                    opened_wall = time.time()  # a file's frames are captured at open + pts
-                    anchor: tuple[float, float] | None = None  # (monotonic, media s)
+                    # a file played live: paced, and captured when due, as decode does
+                    clock = RealtimeClock(self.stop)
                     for packet in container.demux(stream):
                         if rtcp is not None:
                             rtcp.observe_packet(packet)
@@ -101,10 +101,8 @@ class Loop:
                                 return
                             t = float(frame.time or 0.0)
                             if settings.loop:  # a file played as a live camera
-                                if anchor is None or t < anchor[1]:
-                                    anchor = (time.monotonic(), t)
-                                delay = anchor[0] + (t - anchor[1]) - time.monotonic()
-                                if delay > 0 and self.stop.wait(delay):
+                                clock.wait_until(t)
+                                if self.stop.is_set():
                                     return
                             if not pacer.should_forward(t):
                                 continue
@@ -112,7 +110,7 @@ class Loop:
                             if rtcp is not None:
                                 ts = rtcp.capture_time(t)[0]
                             else:
-                                ts = opened_wall + t if settings.loop else time.time()
+                                ts = clock.capture_time(t) if settings.loop else time.time()
                             with self.cond:
                                 if slot.frame is not None:
                                     slot.superseded += 1

@@ -46,13 +46,18 @@ class RealtimeClock:
     Anchored at the first frame after :meth:`reset`; ``stop`` (an Event) interrupts the wait so a
     camera stops promptly. If decoding falls behind, no sleep happens and the clock does not
     try to catch up by bursting beyond what the decoder gives.
+
+    `capture_time` is when the simulated camera captured a frame: the wall time it is due on
+    this paced timeline. (Open time + pts, used before, also counted the time to open the file
+    and decode its first frame, ~5-20 ms depending on start-up load, into every frame's latency
+    for as long as the camera ran.)
     """
 
     MAX_SLEEP_S = 3.0
 
     def __init__(self, stop: threading.Event) -> None:
         self._stop = stop
-        self._anchor: tuple[float, float] | None = None  # (monotonic, media time)
+        self._anchor: tuple[float, float, float] | None = None  # (monotonic, media, unix time)
 
     def reset(self) -> None:
         self._anchor = None
@@ -60,10 +65,16 @@ class RealtimeClock:
     def wait_until(self, t: float) -> None:
         now = time.monotonic()
         if self._anchor is None:
-            self._anchor = (now, t)
+            self._anchor = (now, t, time.time())
             return
         delay = self._anchor[0] + (t - self._anchor[1]) - now
         if delay > self.MAX_SLEEP_S:  # timestamp jump: re-anchor instead of sleeping for ages
-            self._anchor = (now, t)
+            self._anchor = (now, t, time.time())
         elif delay > 0:
             self._stop.wait(delay)
+
+    def capture_time(self, t: float) -> float:
+        """Unix time at which the frame of media time ``t`` is due (after `wait_until`)."""
+        if self._anchor is None:
+            return time.time()
+        return self._anchor[2] + (t - self._anchor[1])

@@ -348,6 +348,8 @@ class CameraSource:
                         continue
                     if rtcp is not None:
                         ts, src = rtcp.capture_time(pts_s)
+                    elif realtime is not None and media_s is not None:
+                        ts, src = realtime.capture_time(media_s), "file"
                     elif not cfg.is_live and media_s is not None:
                         ts, src = opened_wall + media_s, "file"
                     else:

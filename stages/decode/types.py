@@ -38,7 +38,9 @@ class DecodedFrame:
         capture_ts_source: ``"rtcp"`` — the camera's clock, from RTCP sender reports (NTP time
             mapped to this frame's RTP timestamp); ``"wallclock"`` — this host's clock when the
             frame left the decoder (no sender report yet, or a source without one);
-            ``"file"`` — the time the source was opened plus the frame's media time.
+            ``"file"`` — the frame's media time on a wall clock: played live (``realtime``),
+            the time it is due on the paced timeline (the first frame's release + its media
+            time since); read offline, the time the source was opened plus its media time.
         pts: the frame's presentation timestamp in seconds on the stream's timeline (``None``
             when the stream has none). Restarts on reconnect; use ``frame_id`` for order.
         width, height: picture size in pixels.

@@ -46,6 +46,9 @@ def test_offline_is_fast_and_realtime_is_paced(camera, clips) -> None:
     assert 3.6 < realtime_s < 5.5  # 100 frames at 25 fps
     ts = [f.capture_ts for f in paced.frames]
     assert np.allclose(np.diff(ts), 0.04, atol=1e-6)
+    # each frame is captured when due and handed over right after: no start-up offset
+    late = np.array(paced.arrivals_wall) - np.array(ts)
+    assert late.min() >= -0.001 and np.median(late) < 0.02, late
 
 
 def test_loop_keeps_frame_ids_and_media_time_continuous(camera, clips) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import random
+import threading
+import time
 
 import pytest
 
 from stages.decode import CameraConfig, redact_text, redact_url
 from stages.decode.backoff import Backoff
-from stages.decode.pacing import RatePacer
+from stages.decode.pacing import RatePacer, RealtimeClock
 
 
 @pytest.mark.parametrize(
@@ -100,3 +102,21 @@ def test_rate_pacer_reanchors_on_timestamp_jumps() -> None:
     assert pacer.should_forward(0.0)  # reconnect: pts restart
     assert pacer.should_forward(50.0)  # gap
     assert RatePacer(None).should_forward(1.0)
+
+
+def test_realtime_capture_time_is_when_the_frame_is_due() -> None:
+    """A file played live is captured when each frame is due on the paced timeline: the first
+    frame's release plus its media time since; not the open time + pts, which also counted
+    opening the file and decoding the first frame into every frame's latency."""
+    clock = RealtimeClock(threading.Event())
+    opened = time.time()
+    time.sleep(0.05)  # opening and decoding the first frame
+    clock.wait_until(10.0)  # the first frame (media 10 s) anchors the timeline
+    released = time.time()
+    assert released - 0.005 <= clock.capture_time(10.0) <= released
+    assert clock.capture_time(10.0) - opened >= 0.05
+    clock.wait_until(10.04)
+    assert abs(clock.capture_time(10.04) - time.time()) < 0.01  # due now, after the wait
+    assert clock.capture_time(10.04) - clock.capture_time(10.0) == pytest.approx(0.04)
+    clock.wait_until(100.0)  # a jump: re-anchored, not slept for
+    assert abs(clock.capture_time(100.0) - time.time()) < 0.01
