@@ -136,19 +136,28 @@ def test_backend_for_path() -> None:
 # --- bad files ------------------------------------------------------------------------------
 
 
-def test_text_files_are_refused_without_importing_torch() -> None:
+@pytest.mark.parametrize("case", ["text file", "checkpoint of another network"])
+def test_refused_without_importing_torch(case: str, tmp_path: Path) -> None:
+    """A text file, and a checkpoint whose keys are not YOLO-NAS keys (read from its pickle
+    without torch: `stages.detect.checkpoint_keys`), are refused in well under a second."""
+    path = REPO / "README.md"
+    says = "README.md: this is a text file, not model weights (a PyTorch checkpoint .pt/.pth, "
+    says += ".safetensors, an ONNX export or a TensorRT engine .engine/.plan/.trt)"
+    if case != "text file":
+        path = tmp_path / "classifier.pth"
+        torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), path)
+        says = "the weights match no YOLO-NAS architecture: none of their keys is a YOLO-NAS "
+        says += "backbone/neck/heads key (e.g. weight, bias); is this another network?"
     code = (
         "import sys\nfrom stages.detect.describe import describe\n"
-        f"try:\n    describe({str(REPO / 'README.md')!r})\nexcept ValueError as e:\n"
+        f"try:\n    describe({str(path)!r})\nexcept ValueError as e:\n"
         "    print(e)\nprint('torch' in sys.modules)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     message, torch_loaded = out.stdout.strip().splitlines()
-    assert message.endswith("README.md: this is a text file, not model weights (a PyTorch "
-                            "checkpoint .pt/.pth, .safetensors, an ONNX export or a TensorRT "
-                            "engine .engine/.plan/.trt)")  # fmt: skip
+    assert message.startswith(f"{path}: ") and message.endswith(says), message
     assert torch_loaded == "False"
 
 
