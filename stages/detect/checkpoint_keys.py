@@ -5,7 +5,7 @@ torch alone takes ~1 s on a 2-core box. A PyTorch zip checkpoint is a zip holdin
 (``<name>/data.pkl``) whose tensors are persistent references to storages stored beside it, and
 a safetensors file starts with a JSON header naming every tensor. So the keys can be read with
 no torch at all: the pickle is read by an unpickler that resolves *no* global from the file —
-torch's tensor rebuild functions become a shape-only `TensorShape`, every other class an inert
+torch's tensor rebuild functions become a bare tensor marker, every other class an inert
 stand-in — so nothing in the file runs. This module decides only what it can decide exactly:
 it returns the keys when the file holds a plain state_dict (or a checkpoint dict around one) of
 tensors, and None whenever the full reader (`stages.detect.weights`, with torch) must judge.
@@ -35,7 +35,7 @@ YOLO_NAS_PREFIXES = ("backbone.", "neck.", "heads.")
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 """DataParallel/DDP and torch.compile prefixes, stripped when on every key."""
 
-_MAX_PICKLE_BYTES = 64 << 20  # a state_dict's pickle is keys and shapes: a few hundred KB
+_MAX_READ_BYTES = 64 << 20  # a pickle or safetensors header: keys and shapes, a few hundred KB
 
 
 def find_state_dict(
@@ -58,14 +58,13 @@ def find_state_dict(
     return None
 
 
-def wrapper_prefixes(keys: list[str]) -> tuple[str, ...]:
-    """The wrapper prefixes found on every key, in the order they are to be stripped."""
-    found = []
+def strip_wrappers(keys: list[str]) -> list[str]:
+    """``keys`` without the wrapper prefixes found on every key (in `WRAPPER_PREFIXES` order),
+    in the same order."""
     for prefix in WRAPPER_PREFIXES:
         if keys and all(k.startswith(prefix) for k in keys):
-            found.append(prefix)
             keys = [k[len(prefix) :] for k in keys]
-    return tuple(found)
+    return keys
 
 
 def not_yolo_nas(path: Path, keys: list[str]) -> ModelFileError | None:
@@ -79,11 +78,8 @@ def not_yolo_nas(path: Path, keys: list[str]) -> ModelFileError | None:
     )
 
 
-class TensorShape:
-    """A tensor as the fast reader sees it: its shape only (the storage is never read)."""
-
-    def __init__(self, shape: Any) -> None:
-        self.shape = tuple(shape) if isinstance(shape, (tuple, list)) else ()
+class _Tensor:
+    """A tensor as the fast reader sees it: only that it is one (its storage is never read)."""
 
 
 class _Inert:
@@ -100,8 +96,8 @@ class _Dict(dict[Any, Any]):
     """collections.OrderedDict in a state_dict: a dict that also takes ``_metadata``."""
 
 
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, *rest: Any) -> TensorShape:
-    return TensorShape(size)
+def _rebuild_tensor(*args: Any) -> _Tensor:
+    return _Tensor()
 
 
 def _rebuild_parameter(data: Any, *rest: Any) -> Any:
@@ -125,8 +121,8 @@ _KNOWN: dict[tuple[str, str], Any] = {
 
 
 class _KeysUnpickler(pickle.Unpickler):
-    """Resolves no global from the file: the few torch rebuild functions map to shape-only
-    stand-ins, everything else to `_Inert`. Storages (persistent ids) are never loaded."""
+    """Resolves no global from the file: the few torch rebuild functions map to tensor
+    markers, everything else to `_Inert`. Storages (persistent ids) are never loaded."""
 
     def find_class(self, module: str, name: str) -> Any:
         return _KNOWN.get((module, name), _Inert)
@@ -139,7 +135,7 @@ def _zip_pickle(path: Path) -> bytes | None:
     try:
         with zipfile.ZipFile(path) as z:
             names = [n for n in z.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if len(names) != 1 or z.getinfo(names[0]).file_size > _MAX_PICKLE_BYTES:
+            if len(names) != 1 or z.getinfo(names[0]).file_size > _MAX_READ_BYTES:
                 return None
             return z.read(names[0])
     except (zipfile.BadZipFile, OSError, KeyError, ValueError):
@@ -150,7 +146,7 @@ def _safetensors_keys(path: Path) -> list[str] | None:
     try:
         with path.open("rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
-            if n > _MAX_PICKLE_BYTES:
+            if n > _MAX_READ_BYTES:
                 return None
             header = json.loads(f.read(n))
     except (OSError, struct.error, ValueError):
@@ -173,12 +169,8 @@ def state_dict_keys(path: Path, kind: str) -> list[str] | None:
             obj = _KeysUnpickler(io.BytesIO(data)).load()
         except Exception:  # any malformed pickle: the torch reader words the error
             return None
-        found = find_state_dict(obj, lambda v: isinstance(v, TensorShape))
+        found = find_state_dict(obj, lambda v: isinstance(v, _Tensor))
         keys = [str(k) for k in found[1]] if found else None
     else:
         return None
-    if not keys:
-        return None
-    for p in wrapper_prefixes(keys):
-        keys = [k[len(p) :] for k in keys]
-    return keys
+    return strip_wrappers(keys) if keys else None

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from stages.detect.checkpoint_keys import find_state_dict, not_yolo_nas, wrapper_prefixes
+from stages.detect.checkpoint_keys import find_state_dict, not_yolo_nas, strip_wrappers
 from stages.detect.model_files import ModelFileError, sniff
 from stages.detect.nn import ARCHS, YoloNAS
 from stages.detect.types import ModelInfo
@@ -205,9 +205,7 @@ def _state_dict_from(obj: Any, path: Path) -> tuple[dict[str, Tensor], dict[str,
 
 
 def _strip_prefixes(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    for prefix in wrapper_prefixes(list(sd)):
-        sd = {k[len(prefix) :]: v for k, v in sd.items()}
-    return sd
+    return dict(zip(strip_wrappers(list(sd)), sd.values(), strict=True))
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, Tensor], ModelInfo]:

@@ -31,14 +31,16 @@ def decode_load(files: list[str], cameras: int, convert: float, stop: threading.
                 counts: list[int]) -> list[threading.Thread]:  # fmt: skip
     import av
 
+    from stages.decode.pacing import RealtimeClock
+
     def camera(i: int) -> None:
         share = 0.0
         while not stop.is_set():
             with av.open(files[i % len(files)]) as container:
-                t0 = time.monotonic()
+                clock = RealtimeClock(stop)  # paced as decode paces a file played live
                 for frame in container.decode(container.streams.video[0]):
-                    delay = t0 + float(frame.time or 0.0) - time.monotonic()
-                    if stop.wait(max(0.0, delay)):
+                    clock.wait_until(float(frame.time or 0.0))
+                    if stop.is_set():
                         return
                     share += convert
                     if share >= 1.0:
