@@ -236,13 +236,23 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     from pipeline.shm import ShmPool
     from stages.decode.feeder import DecodeFeeder
 
-    edge = edges["frames"]
+    letterbox = cfg.letterbox_in_decode()
     cameras = _decode_cameras(spec, cfg)
     if spec.shards > 1:
         log.info("decode %d of %d: cameras %s", spec.index + 1, spec.shards,
                  ", ".join(cid for cid, _ in cameras) or "none (yet)")  # fmt: skip
-    pool = ShmPool(cfg.name, "frames", slots=cfg.preprocess.workers + 4)
-    sender = edge.open_sender(stop, name="decode", pool=pool, shard=spec.index)
+    sender: Any
+    if letterbox:  # straight to detect: every decode process connects to its items socket
+        from stages.preprocess import LetterboxSender
+
+        edge = edges["items"]
+        pool = ShmPool(cfg.name, "items", slots=_decode_item_slots(cfg))
+        sender = edge.open_sender(stop, name="decode", pool=pool)
+        sender = LetterboxSender(sender, model_info_of(cfg, spec).input_hw)
+    else:
+        edge = edges["frames"]
+        pool = ShmPool(cfg.name, "frames", slots=cfg.preprocess.workers + 4)
+        sender = edge.open_sender(stop, name="decode", pool=pool, shard=spec.index)
     sender = _preview_tap(cfg, sender, stop)
     _report_auth(reporter, edge)
     feeder = DecodeFeeder(cameras, sender, on_state=reporter.camera_state)
@@ -370,6 +380,14 @@ def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePl
         reporter,
         pool=ShmPool(cfg.name, f"items{spec.index}", slots=_item_slots(cfg)),
     )
+
+
+def _decode_item_slots(cfg: PipelineConfig) -> int:
+    """Ring slots of one camera's letterboxed items in a decode process that letterboxes: its
+    waiting items in detect (newest frame wins), a batch being gathered and the next one
+    filling; an item overwritten before detect read it is a counted drop (``overwritten``)."""
+    b = cfg.batching
+    return 2 * b.max_batch + 4 + 2 * b.slots_per_camera
 
 
 def _item_slots(cfg: PipelineConfig) -> int:

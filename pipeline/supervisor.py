@@ -5,8 +5,8 @@
   stale shared-memory segments of dead owners are removed (a SIGKILLed run leaves
   them), the run folder for ipc socket files is created, and one process per stage is spawned
   (``multiprocessing`` spawn context: no forked locks or CUDA state), preprocess ``workers``
-  times. See `pipeline.procs.child_main` for what each child sets up (title, faulthandler,
-  death signal).
+  times, or none where the decode processes letterbox (``preprocess.where``). See
+  `pipeline.procs.child_main` for what each child sets up (title, faulthandler, death signal).
 * **Restart**: a child that exits while the pipeline runs is restarted after a delay that
   doubles per consecutive failure (``restart_backoff_min_s`` .. ``restart_backoff_max_s``) and
   resets once it ran ``restart_reset_s``. A child exiting with `EXIT_CONFIG` (its
@@ -151,13 +151,18 @@ class Supervisor:
         for role in STAGES:
             if not self.cfg.runs(role):
                 continue
-            count = {"preprocess": self.cfg.preprocess.workers,
+            count = {"preprocess": self.cfg.preprocess_workers(),
                      "decode": self.cfg.decode_processes()}.get(role, 1)  # fmt: skip
             shards = count if role == "decode" else 1
             for i in range(count):
                 spec = ChildSpec(role, i, self.cfg.name, os.getpid(), model=self.model,
                                  shards=shards, run_dir=str(self._run_dir))  # fmt: skip
                 self.children[spec.key] = _Child(spec)
+        if self.cfg.runs("decode") and self.cfg.runs("preprocess"):
+            workers = self.cfg.preprocess_workers()
+            log.info("letterbox: %s (preprocess.where: %s)",
+                     f"in {workers} preprocess worker(s)" if workers
+                     else "in the decode processes", self.cfg.preprocess.where)  # fmt: skip
         for child in reversed(list(self.children.values())):  # consumers first: binders up
             self._spawn(child)
         self.started = True

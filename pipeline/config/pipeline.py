@@ -30,7 +30,12 @@ from pipeline.config.runtime import LoggingConfig, MetricsConfig, TransportConfi
 from pipeline.control import ControlConfig
 from pipeline.redact import REDACTED, redact_text, redact_url
 from stages.decode.config import DecodeStageConfig
-from stages.detect.config import BatchingConfig, ModelConfig, PreprocessConfig
+from stages.detect.config import (
+    BatchingConfig,
+    ModelConfig,
+    PreprocessConfig,
+    letterbox_in_decode,
+)
 from stages.sinks.config import SinksConfig
 from stages.track.config import TrackerSection
 
@@ -63,7 +68,7 @@ class PipelineConfig(StrictModel):
     model: ModelConfig = Field(..., description="The detector.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Batching.")
     preprocess: PreprocessConfig = Field(
-        default_factory=PreprocessConfig, description="Preprocess workers."
+        default_factory=PreprocessConfig, description="Where frames are letterboxed."
     )
     tracker: TrackerSection = Field(default_factory=TrackerSection, description="Tracker.")
     sinks: SinksConfig = Field(default_factory=SinksConfig, description="Result sinks.")
@@ -107,6 +112,14 @@ class PipelineConfig(StrictModel):
                     "(each process binds its own ipc socket)",
                 )
             )
+        if self.preprocess.where == "decode" and ("decode" in stages) != ("preprocess" in stages):
+            problems.append(
+                (
+                    ("preprocess", "where"),
+                    "decode letterboxes only where decode and preprocess run in the same "
+                    "process tree (transport.stages has one of them); use workers or auto",
+                )
+            )
         if "sink" in stages and not any(
             s is not None for s in (self.sinks.redis, self.sinks.jsonl, self.sinks.video)
         ):
@@ -148,6 +161,20 @@ class PipelineConfig(StrictModel):
         if self.transport.edges.frames.endpoint != "auto":
             return 1
         return self.decode.resolve(len(self.cameras))
+
+    def letterbox_in_decode(self) -> bool:
+        """Whether the decode processes letterbox and send to detect (no preprocess workers):
+        ``preprocess.where`` resolved (`stages.detect.config.letterbox_in_decode`)."""
+        return letterbox_in_decode(
+            self.preprocess.where, self.model.device, self.runs("decode"), self.runs("preprocess")
+        )
+
+    def preprocess_workers(self) -> int:
+        """Preprocess processes this tree runs: none when it runs no preprocess stage or
+        decode letterboxes, else ``preprocess.workers``."""
+        if not self.runs("preprocess") or self.letterbox_in_decode():
+            return 0
+        return self.preprocess.workers
 
     def runs(self, stage: StageName) -> bool:
         """Whether this process tree runs ``stage``."""

@@ -107,6 +107,8 @@ def window_stats(
         "latency_ms": percentiles(latency),
         # median ms from capture to the end of each stage, in pipeline order: where time goes
         "stages_p50_ms": {k: round(float(np.median(v)), 1) for k, v in stages.items()},
+        # and the 95th percentile of the same: where the tail comes from
+        "stages_p95_ms": {k: round(float(np.percentile(v, 95)), 1) for k, v in stages.items()},
     }
 
 

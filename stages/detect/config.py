@@ -199,12 +199,47 @@ class BatchingConfig(StrictModel):
 
 
 class PreprocessConfig(StrictModel):
-    """Letterbox workers between decode and detect."""
+    """Where frames are letterboxed for the model: in the decode processes, or in workers
+    between decode and detect."""
 
+    where: Literal["auto", "decode", "workers"] = Field(
+        default="auto",
+        description="decode: each decode process letterboxes the frames it forwards and sends "
+        "them straight to detect (one hop, one full-frame copy and N processes fewer: lower "
+        "latency and less CPU where the model is the bottleneck, i.e. on a CPU). workers: "
+        "`workers` preprocess processes between decode and detect (letterboxing in parallel, "
+        "off the decode processes: many cameras on a GPU). auto: decode when the model runs "
+        "on the CPU (model.device cpu, or auto on a machine without an NVIDIA GPU) and this "
+        "process tree runs decode and preprocess together, else workers.",
+    )
     workers: int = Field(
         default=2,
         ge=1,
         le=32,
-        description="Preprocess processes (1..32). Each letterboxes ~1 frame per 2-5 ms of CPU; "
-        "more than the cores left after decode and detect only adds contention.",
+        description="Preprocess processes (1..32) when letterboxing runs in workers. Each "
+        "letterboxes ~1 frame per 2-5 ms of CPU; more than the cores left after decode and "
+        "detect only adds contention.",
     )
+
+
+def gpu_present(dev: str = "/dev") -> bool:
+    """Whether this machine has an NVIDIA GPU, without importing torch: a device node of a
+    discrete GPU (``/dev/nvidia0``...) or of a Jetson's integrated one (``nvhost-ctrl-gpu``)."""
+    from pathlib import Path
+
+    d = Path(dev)
+    return any(d.glob("nvidia[0-9]*")) or (d / "nvhost-ctrl-gpu").exists()
+
+
+def letterbox_in_decode(where: str, device: str, decode_here: bool, preprocess_here: bool,
+                        gpu: bool | None = None) -> bool:  # fmt: skip
+    """Whether the decode processes letterbox (``preprocess.where`` resolved): ``device`` is
+    ``model.device`` as written; ``gpu`` whether the machine has one (None: `gpu_present`).
+    Never when decode and preprocess run in different process trees."""
+    if where == "workers" or not (decode_here and preprocess_here):
+        return False
+    if where == "decode":
+        return True
+    if device == "auto":
+        return not (gpu_present() if gpu is None else gpu)
+    return device == "cpu"

@@ -1,5 +1,6 @@
-"""Preprocess workers: letterbox decoded frames into the detect stage's model input."""
+"""Preprocess: letterbox decoded frames into the detect stage's model input, in workers or in
+the decode processes (`LetterboxSender`)."""
 
-from stages.preprocess.stage import PreprocessStage, PreprocessStageConfig
+from stages.preprocess.stage import LetterboxSender, PreprocessStage, PreprocessStageConfig
 
-__all__ = ["PreprocessStage", "PreprocessStageConfig"]
+__all__ = ["LetterboxSender", "PreprocessStage", "PreprocessStageConfig"]

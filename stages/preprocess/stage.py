@@ -8,6 +8,12 @@ the message (``inline=True``, for a tcp edge to a detect stage on another host).
 A frame whose ring slot was overwritten before it was read (the camera lapped a slow worker)
 becomes a `DropMsg` with reason ``overwritten``: downstream reordering does not wait for it,
 and the drop is counted. `DropMsg` and `EndMsg` pass through unchanged.
+
+`LetterboxSender` is the same letterbox done in a decode process (``preprocess.where:
+decode``): it wraps decode's sender on the items edge, so a frame goes from the decoder straight
+to detect — one hop and one full-frame copy through shared memory fewer, and no worker
+processes. That is what a CPU box wants (the model is the bottleneck, a hop is latency); on a
+GPU box with many cameras, workers letterbox in parallel off the decode processes.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -110,3 +117,50 @@ class PreprocessStage:
         if self.on_drop is not None:
             self.on_drop(drop)
         return drop
+
+
+class LetterboxSender:
+    """Decode side of ``preprocess.where: decode``: ``send(FrameMsg)`` letterboxes the frame
+    and sends the `ItemMsg` (stamped ``preprocess``) through ``sender``; everything else
+    passes as it is. Used from one thread (the feeder's sender thread), like the sender.
+
+    sender: the items edge's `pipeline.transport.Sender` (with decode's shm pool on ipc: the
+        item is copied into the camera's ring only once the edge has room, as any live send).
+    input_hw: the model input (height, width).
+    A live send on an ipc edge letterboxes into one reused scratch image (the sender copies
+    it into the ring before it returns); a blocking (offline) send or a tcp edge sends the
+    pixels themselves, zero-copy, so each gets a new array.
+    """
+
+    def __init__(self, sender: Any, input_hw: tuple[int, int]) -> None:
+        self.sender = sender
+        self.input_hw = input_hw
+        self._resize_to = min(input_hw) - 4
+        self._scratch = np.empty((3, *input_hw), np.uint8)
+        self._copies = bool(getattr(sender, "shm", None)) and not getattr(sender, "inline", True)
+        self.processed = 0
+
+    @property
+    def stop(self) -> Any:
+        return self.sender.stop
+
+    def wait_connected(self, timeout_s: float) -> bool:
+        return bool(self.sender.wait_connected(timeout_s))
+
+    def send(self, msg: Message, block: bool = False, *args: Any, **kw: Any) -> bool:
+        if isinstance(msg, FrameMsg):
+            msg = self.item(msg, scratch=self._copies and not block)
+        return bool(self.sender.send(msg, block, *args, **kw))
+
+    def item(self, msg: FrameMsg, scratch: bool = False) -> ItemMsg:
+        """``msg`` letterboxed (into the scratch image with ``scratch``: valid until the next
+        call)."""
+        if not isinstance(msg.pixels, np.ndarray):
+            raise TypeError("decode letterboxes the frames it decoded (ndarray pixels)")
+        out = self._scratch if scratch else None
+        pixels, meta = letterbox(msg.pixels, out, self.input_hw, self._resize_to)
+        self.processed += 1
+        return ItemMsg.from_frame(msg, meta, pixels, {**msg.stage_ts, STAGE: time.time()})
+
+    def close(self) -> None:
+        self.sender.close()

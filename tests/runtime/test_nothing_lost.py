@@ -5,6 +5,8 @@ backend and model), with 1, 3 and 8 cameras sharing one batcher.
 Every camera reads the same file; ``detect_fps`` thins the frames so each run stays short
 (the decoder still decodes every frame, so frame ids are the file's frame indices). The
 camera's `EndMsg` says how many frames decode forwarded; every one of them must be published.
+Both places a frame is letterboxed (``preprocess.where``): in the decode processes (what a CPU
+box resolves ``auto`` to) and in preprocess workers (a GPU box's).
 """
 
 from __future__ import annotations
@@ -31,20 +33,24 @@ from conftest import (
 pytestmark = pytest.mark.timeout(PIPELINE_TIMEOUT_S)
 
 CASES = [
-    pytest.param(1, 2.0, 1, id="1-camera"),
-    pytest.param(3, 0.5, 1, id="3-cameras"),
-    pytest.param(8, 0.5, 1, id="8-cameras", marks=pytest.mark.slow),
+    pytest.param(1, 2.0, 1, "auto", id="1-camera"),
+    pytest.param(3, 0.5, 1, "auto", id="3-cameras"),
+    pytest.param(3, 0.5, 1, "workers", id="3-cameras-workers"),
+    pytest.param(8, 0.5, 1, "auto", id="8-cameras", marks=pytest.mark.slow),
     # two decode processes (`decode.processes`): cam0 runs in the first, cam4 and cam5 in the
-    # second (`stages.decode.config.decode_shard`); every preprocess worker reads from both
-    pytest.param(["cam0", "cam4", "cam5"], 0.5, 2, id="3-cameras-2-decode-processes"),
+    # second (`stages.decode.config.decode_shard`); every preprocess worker reads from both,
+    # or each decode process sends its items to detect
+    pytest.param(["cam0", "cam4", "cam5"], 0.5, 2, "workers", id="3-cameras-2-decode-workers"),
+    pytest.param(["cam0", "cam4", "cam5"], 0.5, 2, "auto", id="3-cameras-2-decode-processes"),
 ]
 
 
-@pytest.mark.parametrize(("cams", "detect_fps", "decode_processes"), CASES)
+@pytest.mark.parametrize(("cams", "detect_fps", "decode_processes", "where"), CASES)
 def test_run_equals_detect(
     cams: int | list[str],
     detect_fps: float,
     decode_processes: int,
+    where: str,
     tmp_path: Path,
     shared_data: Path,
     tiny_onnx: Path,
@@ -57,7 +63,8 @@ def test_run_equals_detect(
     ids = cams if isinstance(cams, list) else [f"cam{i}" for i in range(cams)]
     cameras = dict.fromkeys(ids, video)
     cfg = pipeline_config(tmp_path, tiny_onnx, cameras, camera_defaults={"detect_fps": detect_fps},
-                          decode={"processes": decode_processes})  # fmt: skip
+                          decode={"processes": decode_processes},
+                          preprocess={"where": where, "workers": 2})  # fmt: skip
     log = tmp_path / "run.log"
     proc = start_run(write_config(tmp_path, cfg), log)
     reap.append(proc)
@@ -66,6 +73,13 @@ def test_run_equals_detect(
     assert rc == 0, text[-3000:]
 
     assert_equals_detect(text, tmp_path / "out", ids, reference)
+    workers = {k for k in stage_pids(log) if k.startswith("preprocess")}
+    if where == "workers":
+        assert "letterbox: in 2 preprocess worker(s)" in text
+        assert workers == {"preprocess0", "preprocess1"}, workers
+    else:  # a CPU model: decode letterboxes, no workers
+        assert "letterbox: in the decode processes (preprocess.where: auto)" in text
+        assert workers == set(), workers
     if decode_processes > 1:
         shards = {k: sorted(c for c in ids if decode_shard(c, decode_processes) == k)
                   for k in range(decode_processes)}  # fmt: skip

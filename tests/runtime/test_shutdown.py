@@ -29,17 +29,21 @@ from conftest import (
 pytestmark = pytest.mark.timeout(PIPELINE_TIMEOUT_S)
 
 
+@pytest.mark.parametrize(("where", "processes"), [("decode", 4), ("workers", 6)])
 def test_sigterm_exits_zero_no_leftovers(
-    tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any]
+    tmp_path: Path, shared_data: Path, tiny_onnx: Path, reap: list[Any], where: str, processes: int
 ) -> None:
-    cfg = live_config(tmp_path, tiny_onnx, str(shared_data / "media" / VIDEO))
+    """Live cameras, both places a frame is letterboxed: decode letterboxes (decode, detect,
+    track, sink) or 2 preprocess workers do."""
+    cfg = live_config(tmp_path, tiny_onnx, str(shared_data / "media" / VIDEO),
+                      preprocess={"where": where, "workers": 2})  # fmt: skip
     log = tmp_path / "run.log"
     proc = start_run(write_config(tmp_path, cfg), log)
     reap.append(proc)
     out = tmp_path / "out" / "live0.jsonl"
     wait_for(lambda: len(read_jsonl(out)) > 3, STARTUP_S, "published frames")
     tree = children_of(proc.pid)
-    assert len(tree) >= 6, tree  # decode, 2 preprocess, detect, track, sink
+    assert len(tree) >= processes, tree  # and multiprocessing's resource tracker
     assert segments(cfg["name"]), "live frames travel through shared memory"
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
