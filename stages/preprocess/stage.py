@@ -28,7 +28,7 @@ import numpy as np
 
 from pipeline.messages import DropMsg, EndMsg, FrameMsg, ItemMsg, Message, ShmRef
 from pipeline.shm import ShmReader, ShmRing
-from stages.detect.preprocess import letterbox
+from stages.detect.preprocess import letterbox, resize_to_for
 
 log = logging.getLogger("edgestream.preprocess")
 
@@ -65,7 +65,7 @@ class PreprocessStage:
         self.on_drop = on_drop
         self._reader = ShmReader()
         self._slab: ShmRing | None = None
-        self._resize_to = min(config.input_hw) - 4
+        self._resize_to = resize_to_for(config.input_hw)
         self._frame_buf: np.ndarray | None = None
         self.processed = 0
         self.dropped = 0
@@ -135,9 +135,11 @@ class LetterboxSender:
     def __init__(self, sender: Any, input_hw: tuple[int, int]) -> None:
         self.sender = sender
         self.input_hw = input_hw
-        self._resize_to = min(input_hw) - 4
+        self._resize_to = resize_to_for(input_hw)
         self._scratch = np.empty((3, *input_hw), np.uint8)
-        self._copies = bool(getattr(sender, "shm", None)) and not getattr(sender, "inline", True)
+        # the sender copies live pixels into its ring (ipc with a pool) before send returns
+        pool, inline = getattr(sender, "shm", None), getattr(sender, "inline", True)
+        self._copies = pool is not None and not inline
         self.processed = 0
 
     @property
