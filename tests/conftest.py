@@ -6,8 +6,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
         if "tensorrt" in item.keywords and not (has_trt and has_cuda):
             item.add_marker(skip_trt)
+
+
+@pytest.fixture
+def shm_pool() -> Iterator[Any]:
+    """A producer's `pipeline.shm.ShmPool` (4 slots per key) under a pipeline name of its own;
+    closing it must leave no segment behind."""
+    import uuid
+
+    from pipeline.shm import ShmPool, list_segments
+
+    name = f"test{uuid.uuid4().hex[:10]}"
+    pool = ShmPool(name, "test", slots=4)
+    yield pool
+    pool.close()
+    assert not list_segments(f"edgestream-{name}-")
 
 
 @pytest.fixture(scope="session")

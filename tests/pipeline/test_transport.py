@@ -6,7 +6,6 @@ import multiprocessing as mp
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.usefixtures("no_leaked_sockets")  # tests/pipeline/conf
 @pytest.fixture
 def ipc(tmp_path: Path) -> str:
     return f"ipc://{tmp_path}/edge.sock"
-
-
-@pytest.fixture
-def pool() -> Iterator[ShmPool]:
-    name = f"test{uuid.uuid4().hex[:10]}"
-    p = ShmPool(name, "frames", slots=4)
-    yield p
-    p.close()
-    assert not list_segments(f"edgestream-{name}-")
 
 
 def send_when_connected(tx: Sender, msg: object, timeout_s: float = 5.0) -> None:
@@ -114,14 +104,14 @@ def test_ipc_inline_roundtrip(ipc: str) -> None:
     assert not Path(ipc[len("ipc://") :]).exists()  # the bound side removed its socket file
 
 
-def test_ipc_shm_roundtrip_copy_and_ref(ipc: str, pool: ShmPool) -> None:
-    with Receiver(ipc, pixels="ref") as rx, Sender(ipc, shm=pool) as tx:
+def test_ipc_shm_roundtrip_copy_and_ref(ipc: str, shm_pool: ShmPool) -> None:
+    with Receiver(ipc, pixels="ref") as rx, Sender(ipc, shm=shm_pool) as tx:
         send_when_connected(tx, frame(1))
         got = rx.recv(5000)
         assert isinstance(got, FrameMsg) and isinstance(got.pixels, ShmRef)
         arr = rx.reader.read(got.pixels)
         assert arr is not None and (arr == 1).all()
-    with Receiver(ipc) as rx, Sender(ipc, shm=pool) as tx:
+    with Receiver(ipc) as rx, Sender(ipc, shm=shm_pool) as tx:
         send_when_connected(tx, frame(2))
         got = rx.recv(5000)
         assert isinstance(got, FrameMsg) and isinstance(got.pixels, np.ndarray)
@@ -129,14 +119,14 @@ def test_ipc_shm_roundtrip_copy_and_ref(ipc: str, pool: ShmPool) -> None:
         assert tx.send(frame(3), block=True, timeout_s=5)  # blocking (offline): pixels inline
         got = rx.recv(5000)
         assert isinstance(got, FrameMsg) and (got.pixels == 3).all()  # type: ignore[union-attr]
-    with Receiver(ipc, pixels="ref") as rx, Sender(ipc, shm=pool) as tx:
+    with Receiver(ipc, pixels="ref") as rx, Sender(ipc, shm=shm_pool) as tx:
         assert tx.send(frame(4), block=True, timeout_s=5)
         got = rx.recv(5000)
         assert isinstance(got, FrameMsg) and isinstance(got.pixels, np.ndarray)
 
 
-def test_overwritten_slot_becomes_drop_tombstone(ipc: str, pool: ShmPool) -> None:
-    with Receiver(ipc, capacity=64, name="preprocess") as rx, Sender(ipc, 64, shm=pool) as tx:
+def test_overwritten_slot_becomes_drop_tombstone(ipc: str, shm_pool: ShmPool) -> None:
+    with Receiver(ipc, capacity=64, name="preprocess") as rx, Sender(ipc, 64, shm=shm_pool) as tx:
         send_when_connected(tx, frame(0))
         for i in range(1, 10):  # 10 realtime frames into 4 slots before the consumer reads
             assert tx.send(frame(i))
@@ -149,10 +139,10 @@ def test_overwritten_slot_becomes_drop_tombstone(ipc: str, pool: ShmPool) -> Non
         assert all((m.pixels == m.seq).all() for m in frames)  # type: ignore[union-attr]
 
 
-def test_tcp_inline_and_shm_ref_resolved_for_remote_edge(pool: ShmPool) -> None:
+def test_tcp_inline_and_shm_ref_resolved_for_remote_edge(shm_pool: ShmPool) -> None:
     with Receiver("bind:tcp://127.0.0.1:0") as rx, Sender(rx.address) as tx:
         assert rx.address.startswith("tcp://127.0.0.1:") and not rx.address.endswith(":0")
-        ref = pool.write("cam", np.full((120, 160, 3), 7, np.uint8))
+        ref = shm_pool.write("cam", np.full((120, 160, 3), 7, np.uint8))
         msg = frame(7)
         assert tx.send(FrameMsg(**{**_fields(msg), "pixels": ref}), block=True, timeout_s=5)
         got = rx.recv(5000)
@@ -188,8 +178,10 @@ def test_nonblocking_sends_one_at_a_time_are_never_refused(ipc: str) -> None:
             assert rx.recv(5000) == EndMsg("c", i)
 
 
-def test_shm_ref_passes_through_ipc_and_is_inlined_when_blocking(ipc: str, pool: ShmPool) -> None:
-    ref = pool.write("cam", np.full((120, 160, 3), 9, np.uint8))  # a stage's own slab
+def test_shm_ref_passes_through_ipc_and_is_inlined_when_blocking(
+    ipc: str, shm_pool: ShmPool
+) -> None:
+    ref = shm_pool.write("cam", np.full((120, 160, 3), 9, np.uint8))  # a stage's own slab
     msg = FrameMsg(**{**_fields(frame(9)), "pixels": ref})
     with Receiver(ipc, pixels="ref") as rx, Sender(ipc) as tx:
         send_when_connected(tx, msg)
@@ -199,7 +191,7 @@ def test_shm_ref_passes_through_ipc_and_is_inlined_when_blocking(ipc: str, pool:
         assert isinstance(got, FrameMsg) and isinstance(got.pixels, np.ndarray)
         assert (got.pixels == 9).all()
     with pytest.raises(ValueError, match="inline edge"):
-        Sender("tcp://127.0.0.1:1", shm=pool)
+        Sender("tcp://127.0.0.1:1", shm=shm_pool)
 
 
 def test_blocking_send_honours_stop_and_timeout(ipc: str) -> None:
@@ -214,7 +206,7 @@ def test_blocking_send_honours_stop_and_timeout(ipc: str) -> None:
         assert tx.send(frame(0), block=True, timeout_s=0.2, check_stop=False) is False
 
 
-def test_blocking_send_loses_nothing_with_a_slow_consumer(ipc: str, pool: ShmPool) -> None:
+def test_blocking_send_loses_nothing_with_a_slow_consumer(ipc: str, shm_pool: ShmPool) -> None:
     n = 60
     got: list[int] = []
 

@@ -1,13 +1,11 @@
 """``preprocess.where``: decode letterboxes and sends items straight to detect (CPU boxes), or
-workers do (GPU boxes). The decode side on real sockets and a real shm pool; where it resolves;
+workers do (GPU boxes). The decode side on real sockets and a real shm shm_pool; where it resolves;
 the config refusing a split that cannot work. The whole pipeline in both modes is in
 tests/runtime/test_nothing_lost.py (offline, equal to ``edgestream detect``)."""
 
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +13,13 @@ import pytest
 
 from pipeline.config import ConfigError, validate_config
 from pipeline.messages import EndMsg, FrameMsg, ItemMsg, ShmRef
-from pipeline.shm import ShmPool, ShmReader, list_segments
+from pipeline.shm import ShmPool, ShmReader
 from pipeline.transport import Receiver, Sender
 from stages.detect.config import gpu_present, letterbox_in_decode
 from stages.detect.preprocess import letterbox
 from stages.preprocess import LetterboxSender
 
 HW = (64, 64)
-
-
-@pytest.fixture
-def pool() -> Iterator[ShmPool]:
-    name = f"lbd{uuid.uuid4().hex[:10]}"
-    p = ShmPool(name, "items", slots=4)
-    yield p
-    p.close()
-    assert not list_segments(f"edgestream-{name}-")
 
 
 def frame(seq: int, img: np.ndarray) -> FrameMsg:
@@ -50,14 +39,14 @@ def send_live(tx: LetterboxSender, msg: FrameMsg, timeout_s: float = 5.0) -> Non
         time.sleep(0.01)
 
 
-def test_live_frames_arrive_letterboxed_through_the_ring(tmp_path: Path, pool: ShmPool) -> None:
+def test_live_frames_arrive_letterboxed_through_the_ring(tmp_path: Path, shm_pool: ShmPool) -> None:
     """Live sends letterbox into one scratch image that the sender copies into the camera's
     ring: each item read back is its own frame's letterbox, exactly, even after later sends
     reused the scratch; the mapping and the ``preprocess`` mark travel with it."""
     imgs = images(3)
     ipc = f"ipc://{tmp_path}/items.sock"
     reader = ShmReader()
-    with Receiver(ipc, pixels="ref") as rx, Sender(ipc, shm=pool) as inner:
+    with Receiver(ipc, pixels="ref") as rx, Sender(ipc, shm=shm_pool) as inner:
         tx = LetterboxSender(inner, HW)
         send_live(tx, frame(0, imgs[0]))
         for i in (1, 2):
@@ -76,11 +65,11 @@ def test_live_frames_arrive_letterboxed_through_the_ring(tmp_path: Path, pool: S
     reader.close()
 
 
-def test_offline_frames_go_inline_each_in_its_own_array(tmp_path: Path, pool: ShmPool) -> None:
+def test_offline_frames_go_inline_each_in_its_own_array(tmp_path: Path, shm_pool: ShmPool) -> None:
     """A blocking send is zero-copy: its pixels must not be a buffer the next frame reuses."""
     imgs = images(2)
     ipc = f"ipc://{tmp_path}/items.sock"
-    with Receiver(ipc, pixels="ref") as rx, Sender(ipc, shm=pool) as inner:
+    with Receiver(ipc, pixels="ref") as rx, Sender(ipc, shm=shm_pool) as inner:
         tx = LetterboxSender(inner, HW)
         for i in (0, 1):  # both queued before either is read
             assert tx.send(frame(i, imgs[i]), block=True, timeout_s=5)
