@@ -236,17 +236,16 @@ def run_decode(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePlan],
     from pipeline.shm import ShmPool
     from stages.decode.feeder import DecodeFeeder
 
-    letterbox = cfg.letterbox_in_decode()
     cameras = _decode_cameras(spec, cfg)
     if spec.shards > 1:
         log.info("decode %d of %d: cameras %s", spec.index + 1, spec.shards,
                  ", ".join(cid for cid, _ in cameras) or "none (yet)")  # fmt: skip
     sender: Any
-    if letterbox:  # straight to detect: every decode process connects to its items socket
+    if cfg.letterbox_in_decode():  # straight to detect: each decode process connects to it
         from stages.preprocess import LetterboxSender
 
         edge = edges["items"]
-        pool = ShmPool(cfg.name, "items", slots=_decode_item_slots(cfg))
+        pool = ShmPool(cfg.name, "items", slots=_item_slots(cfg, cameras=1))
         sender = edge.open_sender(stop, name="decode", pool=pool)
         sender = LetterboxSender(sender, model_info_of(cfg, spec).input_hw)
     else:
@@ -382,20 +381,15 @@ def run_preprocess(spec: ChildSpec, cfg: PipelineConfig, edges: dict[str, EdgePl
     )
 
 
-def _decode_item_slots(cfg: PipelineConfig) -> int:
-    """Ring slots of one camera's letterboxed items in a decode process that letterboxes: its
-    waiting items in detect (newest frame wins), a batch being gathered and the next one
-    filling; an item overwritten before detect read it is a counted drop (``overwritten``)."""
-    b = cfg.batching
-    return 2 * b.max_batch + 4 + 2 * b.slots_per_camera
-
-
-def _item_slots(cfg: PipelineConfig) -> int:
+def _item_slots(cfg: PipelineConfig, cameras: int | None = None) -> int:
     """Slab slots of one preprocess worker: a batch being gathered, the next one filling, and
     every camera's waiting frames (newest frame wins: one may wait a whole batch time while
-    the other cameras' frames go round the ring; any one worker may have written it)."""
+    the other cameras' frames go round the ring; any one worker may have written it).
+    ``cameras=1``: one camera's item ring in a decode process that letterboxes. An item
+    overwritten before detect read it is a counted drop (``overwritten``)."""
     b = cfg.batching
-    return 2 * b.max_batch + 4 + 2 * len(cfg.cameras) * b.slots_per_camera
+    n = len(cfg.cameras) if cameras is None else cameras
+    return 2 * b.max_batch + 4 + 2 * n * b.slots_per_camera
 
 
 def detect_instances(cfg: PipelineConfig) -> tuple[int, int]:

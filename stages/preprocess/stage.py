@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.messages import DropMsg, EndMsg, FrameMsg, ItemMsg, Message, ShmRef
+from pipeline.payloads import LetterboxMeta
 from pipeline.shm import ShmReader, ShmRing
 from stages.detect.preprocess import letterbox, resize_to_for
 
@@ -96,7 +97,7 @@ class PreprocessStage:
         else:  # inline in, inline out: an offline frame, or a tcp edge
             pixels, meta = letterbox(rgb, None, self.config.input_hw, self._resize_to)
         self.processed += 1
-        return [ItemMsg.from_frame(msg, meta, pixels, {**msg.stage_ts, STAGE: time.time()})]
+        return [_item(msg, meta, pixels)]
 
     def close(self) -> None:
         self._reader.close()
@@ -140,7 +141,6 @@ class LetterboxSender:
         # the sender copies live pixels into its ring (ipc with a pool) before send returns
         pool, inline = getattr(sender, "shm", None), getattr(sender, "inline", True)
         self._copies = pool is not None and not inline
-        self.processed = 0
 
     @property
     def stop(self) -> Any:
@@ -161,8 +161,12 @@ class LetterboxSender:
             raise TypeError("decode letterboxes the frames it decoded (ndarray pixels)")
         out = self._scratch if scratch else None
         pixels, meta = letterbox(msg.pixels, out, self.input_hw, self._resize_to)
-        self.processed += 1
-        return ItemMsg.from_frame(msg, meta, pixels, {**msg.stage_ts, STAGE: time.time()})
+        return _item(msg, meta, pixels)
 
     def close(self) -> None:
         self.sender.close()
+
+
+def _item(msg: FrameMsg, meta: LetterboxMeta, pixels: ShmRef | np.ndarray) -> ItemMsg:
+    """The letterboxed item of ``msg``, stamped ``preprocess`` now (workers and decode alike)."""
+    return ItemMsg.from_frame(msg, meta, pixels, {**msg.stage_ts, STAGE: time.time()})
