@@ -19,6 +19,7 @@ GPU box with many cameras, workers letterbox in parallel off the decode processe
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import numpy as np
 
 from pipeline.messages import DropMsg, EndMsg, FrameMsg, ItemMsg, Message, ShmRef
 from pipeline.payloads import LetterboxMeta
-from pipeline.shm import ShmReader, ShmRing
+from pipeline.shm import ShmPool, ShmReader, ShmRing
 from stages.detect.preprocess import letterbox, resize_to_for
 
 log = logging.getLogger("edgestream.preprocess")
@@ -125,22 +126,22 @@ class LetterboxSender:
     and sends the `ItemMsg` (stamped ``preprocess``) through ``sender``; everything else
     passes as it is. Used from one thread (the feeder's sender thread), like the sender.
 
-    sender: the items edge's `pipeline.transport.Sender` (with decode's shm pool on ipc: the
-        item is copied into the camera's ring only once the edge has room, as any live send).
+    sender: the items edge's `pipeline.transport.Sender` (with decode's shm pool on ipc).
     input_hw: the model input (height, width).
-    A live send on an ipc edge letterboxes into one reused scratch image (the sender copies
-    it into the ring before it returns); a blocking (offline) send or a tcp edge sends the
-    pixels themselves, zero-copy, so each gets a new array.
+    A live send on an ipc edge letterboxes straight into the next slot of the camera's ring
+    (the ring the sender would copy it into) and sends the descriptor: no second copy of the
+    item. The feeder sends only once the edge has room, so a refused send is rare; its slot is
+    simply not read (the frame is counted by the feeder, as any refused send). A blocking
+    (offline) send or a tcp edge sends the pixels themselves, zero-copy, so each gets a new
+    array.
     """
 
     def __init__(self, sender: Any, input_hw: tuple[int, int]) -> None:
         self.sender = sender
         self.input_hw = input_hw
         self._resize_to = resize_to_for(input_hw)
-        self._scratch = np.empty((3, *input_hw), np.uint8)
-        # the sender copies live pixels into its ring (ipc with a pool) before send returns
         pool, inline = getattr(sender, "shm", None), getattr(sender, "inline", True)
-        self._copies = pool is not None and not inline
+        self._pool: ShmPool | None = pool if pool is not None and not inline else None
 
     @property
     def stop(self) -> Any:
@@ -151,16 +152,21 @@ class LetterboxSender:
 
     def send(self, msg: Message, block: bool = False, *args: Any, **kw: Any) -> bool:
         if isinstance(msg, FrameMsg):
-            msg = self.item(msg, scratch=self._copies and not block)
+            msg = self.item(msg, in_ring=not block)
         return bool(self.sender.send(msg, block, *args, **kw))
 
-    def item(self, msg: FrameMsg, scratch: bool = False) -> ItemMsg:
-        """``msg`` letterboxed (into the scratch image with ``scratch``: valid until the next
-        call)."""
+    def item(self, msg: FrameMsg, in_ring: bool = False) -> ItemMsg:
+        """``msg`` letterboxed: into the camera's ring with ``in_ring`` on an ipc edge (the
+        item carries the slot's descriptor), else into a new array."""
         if not isinstance(msg.pixels, np.ndarray):
             raise TypeError("decode letterboxes the frames it decoded (ndarray pixels)")
-        out = self._scratch if scratch else None
-        pixels, meta = letterbox(msg.pixels, out, self.input_hw, self._resize_to)
+        if in_ring and self._pool is not None:
+            shape = (3, *self.input_hw)
+            ring = self._pool.ring_for(msg.camera_id, math.prod(shape))
+            with ring.writing(shape) as w:
+                _, meta = letterbox(msg.pixels, w.array, self.input_hw, self._resize_to)
+            return _item(msg, meta, w.ref)
+        pixels, meta = letterbox(msg.pixels, None, self.input_hw, self._resize_to)
         return _item(msg, meta, pixels)
 
     def close(self) -> None:

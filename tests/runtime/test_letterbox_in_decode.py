@@ -40,9 +40,9 @@ def send_live(tx: LetterboxSender, msg: FrameMsg, timeout_s: float = 5.0) -> Non
 
 
 def test_live_frames_arrive_letterboxed_through_the_ring(tmp_path: Path, shm_pool: ShmPool) -> None:
-    """Live sends letterbox into one scratch image that the sender copies into the camera's
-    ring: each item read back is its own frame's letterbox, exactly, even after later sends
-    reused the scratch; the mapping and the ``preprocess`` mark travel with it."""
+    """Live sends letterbox straight into the next slot of the camera's ring (no second copy):
+    each item read back is its own frame's letterbox, exactly, after all three were sent, each
+    in its own slot of the one ring; the mapping and the ``preprocess`` mark travel with it."""
     imgs = images(3)
     ipc = f"ipc://{tmp_path}/items.sock"
     reader = ShmReader()
@@ -59,6 +59,8 @@ def test_live_frames_arrive_letterboxed_through_the_ring(tmp_path: Path, shm_poo
             assert item.letterbox == meta
             np.testing.assert_array_equal(reader.read(item.pixels), want)
             assert item.stage_ts["decode"] <= item.stage_ts["preprocess"]
+        refs = [m.pixels for m in got]  # type: ignore[union-attr]
+        assert len({r.ring for r in refs}) == 1 and len({r.slot for r in refs}) == 3
         end = EndMsg("cam", 2)
         assert tx.send(end, block=True, timeout_s=5)
         assert rx.recv(5000) == end
