@@ -161,7 +161,7 @@ def test_described_once_and_every_child_gets_it(
         sup.cleanup()
     assert calls == [tiny_onnx]
     # decode, detect, track, sink, and preprocess workers unless decode letterboxes (a CPU)
-    workers = ["preprocess"] * (0 if cfg.letterbox_in_decode() else cfg.preprocess.workers)
+    workers = ["preprocess"] * cfg.preprocess_workers()
     assert sorted(s.role for s in spawned) == sorted(["decode", "detect", "sink", "track",
                                                       *workers])  # fmt: skip
     assert len(spawned) == len(sup.children)

@@ -1,6 +1,6 @@
 """``preprocess.where``: decode letterboxes and sends items straight to detect (CPU boxes), or
-workers do (GPU boxes). The decode side on real sockets and a real shm shm_pool; where it resolves;
-the config refusing a split that cannot work. The whole pipeline in both modes is in
+workers do (GPU boxes). The decode side on real sockets and a real shm pool; where it resolves; the
+config refusing a split that cannot work. The whole pipeline in both modes is in
 tests/runtime/test_nothing_lost.py (offline, equal to ``edgestream detect``)."""
 
 from __future__ import annotations
